@@ -1,0 +1,150 @@
+"""Gateway settings: one typed model, every limit with a name, a unit and a default.
+
+Values come from, in rising priority: the defaults below, the ``[wshub]`` table of
+``hypercorn.toml``, and ``WSHUB_*`` environment variables. Durations are seconds, sizes bytes,
+rates events per second.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "WSHUB_"
+# Set by `ws-hub serve` so that every worker process reads the same file.
+CONFIG_FILE_ENV = "WSHUB_CONFIG_FILE"
+
+PositiveSeconds = Field(gt=0, le=86_400)
+
+
+class SettingsError(Exception):
+    """A setting is invalid; the message is one line naming it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        env_parse_none_str="",
+    )
+
+    # -- identity, reported by system:config and the index page
+    app_name: str = "WS-Hub"
+    app_version: str = "0.1.0"
+    environment: str = "development"
+
+    # -- heartbeat (server-level, on top of Engine.IO's own ping)
+    heartbeat_interval: float = Field(30.0, gt=0, le=86_400)
+    heartbeat_timeout: float = Field(5.0, gt=0, le=86_400)
+    heartbeat_warn_after: int = Field(2, ge=1, le=1_000)
+    heartbeat_max_missed: int = Field(5, ge=1, le=1_000)
+
+    # -- typing indicators and stats
+    typing_timeout: float = Field(5.0, gt=0, le=3_600)
+    stats_interval: float = Field(5.0, gt=0, le=86_400)
+
+    # -- presence backend
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # -- payload limits (bytes)
+    max_message_bytes: int = Field(65_536, ge=256, le=16 * 1024 * 1024)
+    max_metadata_bytes: int = Field(10_240, ge=256, le=16 * 1024 * 1024)
+    max_notification_bytes: int = Field(8_192, ge=64, le=16 * 1024 * 1024)
+    max_username_length: int = Field(64, ge=1, le=1_024)
+    max_following: int = Field(1_000, ge=0, le=1_000_000)
+    max_targets: int = Field(100, ge=1, le=100_000)
+
+    # -- TLS certificate reload (see docs/tls-reload.md)
+    tls_watch_step_ms: int = Field(50, ge=1, le=60_000)
+    tls_watch_debounce_ms: int = Field(1_600, ge=1, le=600_000)
+    tls_settle_seconds: float = Field(2.0, ge=0, le=3_600)
+    tls_recheck_interval: float = Field(60.0, gt=0, le=86_400)
+    tls_expiry_warn_days: float = Field(14.0, ge=0, le=3_650)
+
+    # -- logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> Self:
+        if self.heartbeat_timeout >= self.heartbeat_interval:
+            raise ValueError(
+                "heartbeat_timeout must be shorter than heartbeat_interval "
+                f"({self.heartbeat_timeout} >= {self.heartbeat_interval})"
+            )
+        if self.heartbeat_warn_after > self.heartbeat_max_missed:
+            raise ValueError(
+                "heartbeat_warn_after must not exceed heartbeat_max_missed "
+                f"({self.heartbeat_warn_after} > {self.heartbeat_max_missed})"
+            )
+        if self.max_notification_bytes > self.max_message_bytes:
+            raise ValueError("max_notification_bytes must not exceed max_message_bytes")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML table arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+    @classmethod
+    def load(cls, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+        """Read the ``[wshub]`` table of *config_file* (if any), then the environment.
+
+        Raises :class:`SettingsError` with one line naming the offending setting.
+        """
+        table = dict(read_wshub_table(config_file)) if config_file else {}
+        table.update(overrides)
+        try:
+            return cls(**table)
+        except ValidationError as exc:
+            raise SettingsError(_one_line(exc)) from None
+
+    @classmethod
+    def from_environment(cls) -> Settings:
+        """Settings for a worker process: the file named by ``WSHUB_CONFIG_FILE``, then env."""
+        return cls.load(os.environ.get(CONFIG_FILE_ENV) or None)
+
+
+def read_wshub_table(config_file: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(config_file)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise SettingsError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+    table = data.get("wshub", {})
+    if not isinstance(table, dict):
+        raise SettingsError(f"config file {path}: [wshub] must be a table")
+    return table
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = [str(part) for part in err["loc"]]
+    if loc:
+        name = f"{ENV_PREFIX}{loc[0].upper()} ([wshub] {loc[0]})"
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(
+            err["input"], dict
+        ) else ""
+        return f"invalid setting {name}: {err['msg']}{got}"
+    return f"invalid settings: {err['msg'].removeprefix('Value error, ')}"

@@ -1,0 +1,1 @@
+"""Presence stores: who is connected, their usernames, metadata and the follower index."""
