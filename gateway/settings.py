@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(65_536, ge=256, le=16 * 1024 * 1024)
     max_metadata_bytes: int = Field(10_240, ge=256, le=16 * 1024 * 1024)
     max_notification_bytes: int = Field(8_192, ge=64, le=16 * 1024 * 1024)
+    # The hard ceiling for one Engine.IO packet or WebSocket frame (after inflation); above it
+    # the connection is closed rather than answered.
+    max_frame_bytes: int = Field(1_048_576, ge=1_024, le=64 * 1024 * 1024)
     max_username_length: int = Field(64, ge=1, le=1_024)
     max_following: int = Field(1_000, ge=0, le=1_000_000)
     max_targets: int = Field(100, ge=1, le=100_000)
@@ -72,6 +75,11 @@ class Settings(BaseSettings):
     tls_settle_seconds: float = Field(2.0, ge=0, le=3_600)
     tls_recheck_interval: float = Field(60.0, gt=0, le=86_400)
     tls_expiry_warn_days: float = Field(14.0, ge=0, le=3_650)
+
+    # -- transport
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    engineio_ping_interval: float = Field(25.0, gt=0, le=3_600)
+    engineio_ping_timeout: float = Field(20.0, gt=0, le=3_600)
 
     # -- logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -88,6 +96,8 @@ class Settings(BaseSettings):
                 "heartbeat_warn_after must not exceed heartbeat_max_missed "
                 f"({self.heartbeat_warn_after} > {self.heartbeat_max_missed})"
             )
+        if self.max_message_bytes > self.max_frame_bytes:
+            raise ValueError("max_message_bytes must not exceed max_frame_bytes")
         if self.max_notification_bytes > self.max_message_bytes:
             raise ValueError("max_notification_bytes must not exceed max_message_bytes")
         return self

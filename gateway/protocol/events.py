@@ -39,3 +39,5 @@ class Outbound(StrEnum):
     CONFIG = "system:config"
     CERTIFICATE_REFRESH = "system:certificateRefresh"
     ERROR = "system:error"
+    DISCONNECT_NOTICE = "system:disconnect"
+    """Sent just before a server-initiated close: {reason, message, reconnect, timestamp}."""

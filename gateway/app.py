@@ -1,0 +1,64 @@
+"""The composition root: settings in, one ASGI application out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import socketio
+
+from .hub import Hub
+from .http.routes import create_http_app
+from .settings import Settings
+from .store.base import PresenceStore
+from .store.memory import MemoryStore
+from .transport.delivery import SocketIODelivery
+from .transport.socketio_server import GatewaySocketServer, OrjsonCodec, SocketTransport
+
+log = logging.getLogger("wshub.app")
+
+
+class Gateway:
+    """Everything one worker process runs, wired together."""
+
+    def __init__(self, settings: Settings, store: PresenceStore | None = None) -> None:
+        self.settings = settings
+        self.started = time.monotonic()
+        self.sio = GatewaySocketServer(
+            async_mode="asgi",
+            async_handlers=False,  # one client's events run in order, without a task each
+            json=OrjsonCodec,
+            cors_allowed_origins=settings.cors_origins,
+            max_http_buffer_size=settings.max_frame_bytes,
+            ping_interval=settings.engineio_ping_interval,
+            ping_timeout=settings.engineio_ping_timeout,
+            logger=False,
+            engineio_logger=False,
+        )
+        self.transport = SocketTransport(self.sio)
+        self.hub = Hub(settings, store or MemoryStore(), SocketIODelivery(self.sio))
+        self.transport.bind(self.hub)
+        self.http = create_http_app(self.hub, started=self.started)
+        self._jobs: list[asyncio.Task[Any]] = []
+        self.http.before_serving(self.start)
+        self.http.after_serving(self.stop)
+        self.asgi = socketio.ASGIApp(self.sio, other_asgi_app=self.http, socketio_path="socket.io")
+
+    async def start(self) -> None:
+        self._jobs = [
+            asyncio.create_task(job(), name=f"wshub:{job.__qualname__}")
+            for job in self.hub.background_jobs()
+        ]
+
+    async def stop(self) -> None:
+        for job in self._jobs:
+            job.cancel()
+        await asyncio.gather(*self._jobs, return_exceptions=True)
+        await self.hub.store.close()
+
+
+def create_app(settings: Settings | None = None) -> Any:
+    """ASGI application factory (``gateway.app:create_app()`` for an ASGI server)."""
+    return Gateway(settings or Settings.from_environment()).asgi

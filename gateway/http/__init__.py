@@ -1,0 +1,1 @@
+"""Plain HTTP routes served beside Socket.IO by a Quart app."""

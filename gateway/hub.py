@@ -1,0 +1,174 @@
+"""The application core: connection lifecycle, the routing table and the pipeline.
+
+The transport calls :meth:`Hub.connected`, :meth:`Hub.disconnected` and :meth:`Hub.handle`;
+everything behind them is sockets-free and can run in a unit test with a fake delivery port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .pipeline.chain import build_chain
+from .pipeline.context import EventContext, Middleware, Route
+from .pipeline.validation import ValidateSchema
+from .protocol.errors import GatewayError, Reply
+from .protocol.events import Inbound, Outbound
+from .protocol.inbound import Limits
+from .protocol.timestamps import iso_timestamp
+from .services.heartbeat import HeartbeatService
+from .services.messaging import MessagingService
+from .services.notifications import NotificationService
+from .services.ports import Delivery
+from .services.presence import PresenceService
+from .services.stats import StatsService
+from .services.system import SystemService
+from .services.typing import TypingService
+from .settings import Settings
+from .store.base import PresenceStore
+
+log = logging.getLogger("wshub.hub")
+
+INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class Hub:
+    def __init__(
+        self,
+        settings: Settings,
+        store: PresenceStore,
+        delivery: Delivery,
+        *,
+        middlewares: Sequence[Middleware] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.delivery = delivery
+        self.presence = PresenceService(
+            store, delivery, max_metadata_bytes=settings.max_metadata_bytes
+        )
+        self.messaging = MessagingService(store, delivery)
+        self.notifications = NotificationService(
+            store, delivery, max_content_bytes=settings.max_notification_bytes
+        )
+        self.typing = TypingService(store, delivery, timeout=settings.typing_timeout, clock=clock)
+        self.heartbeat = HeartbeatService(
+            delivery,
+            interval=settings.heartbeat_interval,
+            timeout=settings.heartbeat_timeout,
+            warn_after=settings.heartbeat_warn_after,
+            max_missed=settings.heartbeat_max_missed,
+        )
+        self.stats = StatsService(store, delivery, interval=settings.stats_interval)
+        self.system = SystemService(settings)
+        self.routes = self._routes()
+        limits = Limits(
+            max_username_length=settings.max_username_length,
+            max_following=settings.max_following,
+            max_targets=settings.max_targets,
+        )
+        self._pipeline = build_chain([*middlewares, ValidateSchema(limits)])
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def connected(self, sid: str) -> None:
+        await self.store.connect(sid, iso_timestamp())
+        self.heartbeat.connected(sid)
+        welcome = self.system.welcome()
+        await self.delivery.send(sid, welcome.event, welcome.payload)
+
+    async def disconnected(self, sid: str) -> None:
+        self.heartbeat.disconnected(sid)
+        presence = await self.store.disconnect(sid)
+        if presence is not None:
+            await self.typing.disconnected(presence)
+
+    def background_jobs(self) -> list[Callable[[], Any]]:
+        """Process-wide loops: one task each, whatever the number of connections."""
+        return [self.heartbeat.run, self.typing.run, self.stats.run]
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def handle(
+        self, sid: str, event: str, args: tuple[Any, ...], size: int, identity: dict[str, Any]
+    ) -> Any:
+        """Run one client event through the pipeline; returns the acknowledgement payload.
+
+        The reply (or the failure reply and ``system:error``) goes to the client as events
+        too, so clients that do not ask for acks see the same answers.
+        """
+        ctx = EventContext(sid, event, args, size, self.routes.get(event), identity=identity)
+        try:
+            reply = await self._pipeline(ctx)
+        except GatewayError as err:
+            log.info("rejected %s from %s: %s %s", event, sid, err.code.value, err.message)
+            if err.reply is not None:
+                await self.delivery.send(sid, err.reply.event, err.reply.payload)
+            await self.delivery.send(sid, Outbound.ERROR, err.payload())
+            return err.reply.payload if err.reply is not None else err.payload()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("event %s from %s failed", event, sid)
+            failure = {"code": INTERNAL_ERROR, "message": f"{event} failed on the server"}
+            await self.delivery.send(sid, Outbound.ERROR, failure)
+            return failure
+        if reply is None:
+            return {"success": True}
+        await self.delivery.send(sid, reply.event, reply.payload)
+        return reply.payload
+
+    def _routes(self) -> dict[str, Route]:
+        from .protocol.inbound import MODELS
+
+        async def set_data(ctx: EventContext, message: Any) -> Reply:
+            return await self.presence.set_data(ctx.sid, message)
+
+        async def clients(ctx: EventContext, message: Any) -> Reply:
+            return await self.presence.clients()
+
+        async def ping(ctx: EventContext, message: Any) -> Reply:
+            return self.system.pong()
+
+        async def general(ctx: EventContext, message: Any) -> Reply:
+            return await self.messaging.general(ctx.sid, message)
+
+        async def direct(ctx: EventContext, message: Any) -> Reply:
+            return await self.messaging.direct(ctx.sid, message)
+
+        async def typing_start(ctx: EventContext, message: Any) -> None:
+            await self.typing.start(ctx.sid, message)
+
+        async def typing_stop(ctx: EventContext, message: Any) -> None:
+            await self.typing.stop(ctx.sid, message)
+
+        async def notification(ctx: EventContext, message: Any) -> Reply:
+            return await self.notifications.notify(ctx.sid, message)
+
+        async def heartbeat_ack(ctx: EventContext, message: Any) -> None:
+            self.heartbeat.ack(ctx.sid, message)
+
+        async def get_config(ctx: EventContext, message: Any) -> Reply:
+            return self.system.config()
+
+        handlers = {
+            Inbound.SET_DATA: set_data,
+            Inbound.CLIENTS: clients,
+            Inbound.PING: ping,
+            Inbound.GENERAL: general,
+            Inbound.DIRECT: direct,
+            Inbound.TYPING_START: typing_start,
+            Inbound.TYPING_STOP: typing_stop,
+            Inbound.NOTIFICATION: notification,
+            Inbound.HEARTBEAT_ACK: heartbeat_ack,
+            Inbound.GET_CONFIG: get_config,
+        }
+        cheap = {Inbound.PING, Inbound.HEARTBEAT_ACK}
+        return {
+            event: Route(event, MODELS[event], handler, cheap=event in cheap)
+            for event, handler in handlers.items()
+        }

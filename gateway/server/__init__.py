@@ -1,0 +1,1 @@
+"""Running the gateway under Hypercorn: configuration loading and the worker launcher."""

@@ -1,0 +1,72 @@
+"""Hypercorn's own configuration, read from ``hypercorn.toml`` with the CLI's overrides.
+
+Hypercorn's ``Config.from_mapping`` accepts any key silently, so a misspelt ``certfle`` would
+serve plain HTTP without a word; we refuse unknown keys instead. ``verify_mode`` may be written
+as a name (``"CERT_REQUIRED"``), which plain Hypercorn rejects with a TypeError.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hypercorn.config import Config
+
+from ..settings import SettingsError
+
+DEFAULT_BIND = "127.0.0.1:8080"
+GATEWAY_TABLE = "wshub"
+
+
+class GatewayConfig(Config):  # type: ignore[misc]
+    """Hypercorn's Config; the TLS layer replaces ``create_ssl_context`` at start-up."""
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) -> GatewayConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with Path(path).open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise SettingsError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+    data.pop(GATEWAY_TABLE, None)
+    data.update({key: value for key, value in overrides.items() if value is not None})
+    known = set(dir(Config))
+    for key in data:
+        if key not in known:
+            raise SettingsError(f"unknown Hypercorn setting {key!r} in {path or 'overrides'}")
+    if "verify_mode" in data:
+        data["verify_mode"] = _verify_mode(data["verify_mode"])
+    config: GatewayConfig = GatewayConfig.from_mapping(data)
+    if "bind" not in data:
+        config.bind = [DEFAULT_BIND]
+    _check_tls_files(config)
+    return config
+
+
+def _verify_mode(value: Any) -> ssl.VerifyMode:
+    try:
+        if isinstance(value, str):
+            return ssl.VerifyMode[value.upper()]
+        return ssl.VerifyMode(value)
+    except (KeyError, ValueError):
+        raise SettingsError(
+            f"invalid Hypercorn setting verify_mode={value!r}: "
+            "use CERT_NONE, CERT_OPTIONAL or CERT_REQUIRED"
+        ) from None
+
+
+def _check_tls_files(config: Config) -> None:
+    if (config.certfile is None) != (config.keyfile is None):
+        raise SettingsError("Hypercorn settings certfile and keyfile must be given together")
+    for key in ("certfile", "keyfile", "ca_certs"):
+        value = getattr(config, key)
+        if value is not None and not Path(value).is_file():
+            raise SettingsError(f"Hypercorn setting {key}: file not found: {value}")

@@ -1,0 +1,1 @@
+"""The Socket.IO transport: the only package that imports python-socketio."""

@@ -1,0 +1,77 @@
+"""A real ``socketio.AsyncClient`` that records every event it receives, in order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+import socketio
+
+DEFAULT_TIMEOUT = 3.0
+
+
+class Client:
+    def __init__(self, url: str, *, transports: list[str] | None = None, **client_kwargs: Any):
+        self.url = url
+        self.transports = transports or ["websocket"]
+        self.sio = socketio.AsyncClient(reconnection=False, **client_kwargs)
+        self.events: dict[str, asyncio.Queue[Any]] = defaultdict(asyncio.Queue)
+        self.log: list[tuple[str, Any]] = []
+        self.disconnected = asyncio.Event()
+        self.sio.on("*", self._record)
+        self.sio.on("disconnect", self._on_disconnect)
+
+    async def _record(self, event: str, *args: Any) -> None:
+        payload = args[0] if len(args) == 1 else list(args)
+        self.log.append((event, payload))
+        self.events[event].put_nowait(payload)
+
+    async def _on_disconnect(self, *args: Any) -> None:
+        self.disconnected.set()
+
+    @property
+    def sid(self) -> str:
+        sid = self.sio.get_sid()
+        assert sid is not None
+        return str(sid)
+
+    async def connect(self, *, auth: Any = None, headers: dict[str, str] | None = None,
+                      welcome: bool = True) -> Client:
+        await self.sio.connect(
+            self.url, transports=self.transports, auth=auth, headers=headers or {},
+            wait_timeout=DEFAULT_TIMEOUT,
+        )
+        if welcome:
+            await self.expect("system:welcome")
+        return self
+
+    async def emit(self, event: str, *data: Any) -> None:
+        await self.sio.emit(event, data[0] if len(data) == 1 else data if data else None)
+
+    async def emit_raw(self, event: str, *args: Any) -> None:
+        await self.sio.emit(event, tuple(args) if len(args) != 1 else args[0])
+
+    async def call(self, event: str, data: Any = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        return await self.sio.call(event, data, timeout=timeout)
+
+    async def expect(self, event: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        try:
+            return await asyncio.wait_for(self.events[event].get(), timeout)
+        except TimeoutError:
+            seen = [name for name, _ in self.log]
+            raise AssertionError(f"no {event!r} within {timeout}s; received {seen}") from None
+
+    async def expect_none(self, event: str, within: float = 0.3) -> None:
+        await asyncio.sleep(within)
+        assert self.events[event].empty(), f"unexpected {event}: {self.events[event].get_nowait()}"
+
+    async def login(self, username: str, **fields: Any) -> Client:
+        await self.emit("system:setData", {"username": username, **fields})
+        reply = await self.expect("system:dataSet")
+        assert reply["success"] is True, reply
+        return self
+
+    async def close(self) -> None:
+        if self.sio.connected:
+            await self.sio.disconnect()
