@@ -9,8 +9,8 @@ from typing import Any
 
 import socketio
 
-from .hub import Hub
 from .http.routes import create_http_app
+from .hub import Hub
 from .settings import Settings
 from .store.base import PresenceStore
 from .store.memory import MemoryStore

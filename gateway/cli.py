@@ -51,8 +51,11 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gateway under Hypercorn")
     serve.add_argument("--config", help="hypercorn.toml (Hypercorn settings and a [wshub] table)")
-    serve.add_argument("--bind", action="append", help="TLS (or plain, without a certificate) "
-                       "address HOST:PORT; repeatable")
+    serve.add_argument(
+        "--bind",
+        action="append",
+        help="TLS (or plain, without a certificate) address HOST:PORT; repeatable",
+    )
     serve.add_argument("--insecure-bind", action="append", help="plain HTTP address; repeatable")
     serve.add_argument("--certfile", help="PEM certificate chain")
     serve.add_argument("--keyfile", help="PEM private key")

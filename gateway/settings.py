@@ -15,7 +15,6 @@ from typing import Any, Literal, Self
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
-    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -153,8 +152,10 @@ def _one_line(exc: ValidationError) -> str:
     loc = [str(part) for part in err["loc"]]
     if loc:
         name = f"{ENV_PREFIX}{loc[0].upper()} ([wshub] {loc[0]})"
-        got = f" (got {err['input']!r})" if "input" in err and not isinstance(
-            err["input"], dict
-        ) else ""
+        got = (
+            f" (got {err['input']!r})"
+            if "input" in err and not isinstance(err["input"], dict)
+            else ""
+        )
         return f"invalid setting {name}: {err['msg']}{got}"
     return f"invalid settings: {err['msg'].removeprefix('Value error, ')}"

@@ -17,8 +17,9 @@ def server_factory() -> Iterator[ServerFactory]:
     """Start gateways with settings overrides; all are stopped after the test."""
     started: list[LiveServer] = []
 
-    def start(*, config: dict[str, Any] | None = None, tls: bool = False,
-              **settings: Any) -> LiveServer:
+    def start(
+        *, config: dict[str, Any] | None = None, tls: bool = False, **settings: Any
+    ) -> LiveServer:
         server = LiveServer(Settings.load(**settings), config_overrides=config or {}, tls=tls)
         started.append(server.start())
         return server

@@ -25,7 +25,7 @@ def create_http_app(hub: Hub, *, started: float) -> Quart:
             f"<p>Real-time gateway, {html.escape(settings.environment)} mode, "
             f"{html.escape(settings.backend)} presence store.</p>"
             "<p>Socket.IO endpoint: <code>/socket.io/</code> "
-            "(<code>io(location.origin, {path: \"/socket.io\"})</code>).</p>"
+            '(<code>io(location.origin, {path: "/socket.io"})</code>).</p>'
         )
         return Response(body, content_type="text/html; charset=utf-8")
 

@@ -19,7 +19,8 @@ class ValidateSchema:
             raise GatewayError(ErrorCode.INVALID_FORMAT, f"Unknown event {ctx.event!r}")
         if len(ctx.args) > 1:
             raise GatewayError(
-                ErrorCode.INVALID_FORMAT, f"{ctx.event} takes one payload object, not {len(ctx.args)}"
+                ErrorCode.INVALID_FORMAT,
+                f"{ctx.event} takes one payload object, not {len(ctx.args)}",
             )
         raw = ctx.args[0] if ctx.args else None
         if raw is None and route.model is Empty:

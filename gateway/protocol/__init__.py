@@ -1,1 +1,4 @@
-"""The wire contract: event names, payload models and error codes. Imports nothing from the server."""
+"""The wire contract: event names, payload models and error codes.
+
+Imports nothing from the server.
+"""

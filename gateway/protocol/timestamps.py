@@ -1,4 +1,4 @@
-"""Timestamps in JavaScript's ``Date.prototype.toISOString()`` form: ``2023-06-15T12:34:56.789Z``."""
+"""Timestamps in the form of JavaScript's ``Date.toISOString()``: ``2023-06-15T12:34:56.789Z``."""
 
 from datetime import UTC, datetime
 

@@ -22,7 +22,7 @@ DEFAULT_BIND = "127.0.0.1:8080"
 GATEWAY_TABLE = "wshub"
 
 
-class GatewayConfig(Config):  # type: ignore[misc]
+class GatewayConfig(Config):
     """Hypercorn's Config; the TLS layer replaces ``create_ssl_context`` at start-up."""
 
 
@@ -44,7 +44,8 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any
             raise SettingsError(f"unknown Hypercorn setting {key!r} in {path or 'overrides'}")
     if "verify_mode" in data:
         data["verify_mode"] = _verify_mode(data["verify_mode"])
-    config: GatewayConfig = GatewayConfig.from_mapping(data)
+    config = GatewayConfig.from_mapping(data)
+    assert isinstance(config, GatewayConfig)
     if "bind" not in data:
         config.bind = [DEFAULT_BIND]
     _check_tls_files(config)

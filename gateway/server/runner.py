@@ -23,7 +23,7 @@ async def serve(
     config: GatewayConfig,
     *,
     sockets: Sockets | None = None,
-    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """Serve *gateway* until *shutdown_trigger* returns (default: SIGINT or SIGTERM)."""
     if shutdown_trigger is None:

@@ -14,9 +14,7 @@ from .ports import Delivery
 
 
 class NotificationService:
-    def __init__(
-        self, store: PresenceStore, delivery: Delivery, *, max_content_bytes: int
-    ) -> None:
+    def __init__(self, store: PresenceStore, delivery: Delivery, *, max_content_bytes: int) -> None:
         self._store = store
         self._delivery = delivery
         self._max_content_bytes = max_content_bytes

@@ -35,7 +35,9 @@ class Delivery(Protocol):
     async def send(self, sid: str, event: str, payload: Mapping[str, Any]) -> None:
         """Send to one connection (on any process)."""
 
-    async def send_many(self, sids: Collection[str], event: str, payload: Mapping[str, Any]) -> None:
+    async def send_many(
+        self, sids: Collection[str], event: str, payload: Mapping[str, Any]
+    ) -> None:
         """Send one payload to several connections; it is encoded once."""
 
     async def broadcast(

@@ -17,12 +17,16 @@ USERNAME_TAKEN = "Username already taken"
 
 
 class PresenceService:
-    def __init__(self, store: PresenceStore, delivery: Delivery, *, max_metadata_bytes: int) -> None:
+    def __init__(
+        self, store: PresenceStore, delivery: Delivery, *, max_metadata_bytes: int
+    ) -> None:
         self._store = store
         self._delivery = delivery
         self._max_metadata_bytes = max_metadata_bytes
 
-    async def set_data(self, sid: str, message: SetData, *, forced_username: str | None = None) -> Reply:
+    async def set_data(
+        self, sid: str, message: SetData, *, forced_username: str | None = None
+    ) -> Reply:
         """Merge *message* into the connection's metadata (a partial update).
 
         *forced_username* is the name an authenticated connection must use (its token subject).

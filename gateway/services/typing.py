@@ -9,6 +9,7 @@ service sleeps until the earliest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 from collections.abc import Callable
 
@@ -108,10 +109,8 @@ class TypingService:
                 continue
             delay = deadline - self._clock()
             if delay > 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
-                except TimeoutError:
-                    pass
             for sender_sid, target in self._tracker.expire(self._clock()):
                 sender = await self._store.get(sender_sid)
                 if sender is not None:

@@ -1,4 +1,6 @@
-"""The presence-store interface. Handlers use only this; backends keep their internals to themselves.
+"""The presence-store interface.
+
+Handlers use only this; backends keep their internals to themselves.
 
 Rules every backend keeps:
 

@@ -21,7 +21,9 @@ class SocketIODelivery:
     async def send(self, sid: str, event: str, payload: Mapping[str, Any]) -> None:
         await self._sio.emit(event, payload, to=sid, namespace=NAMESPACE)
 
-    async def send_many(self, sids: Collection[str], event: str, payload: Mapping[str, Any]) -> None:
+    async def send_many(
+        self, sids: Collection[str], event: str, payload: Mapping[str, Any]
+    ) -> None:
         if sids:
             await self._sio.emit(event, payload, to=list(sids), namespace=NAMESPACE)
 

@@ -69,15 +69,20 @@ class GatewaySocketServer(socketio.AsyncServer):  # type: ignore[misc]
             if sid is not None:
                 await self.emit(
                     Outbound.ERROR,
-                    {"code": ErrorCode.INVALID_FORMAT.value, "message": "Malformed Socket.IO packet"},
+                    {
+                        "code": ErrorCode.INVALID_FORMAT.value,
+                        "message": "Malformed Socket.IO packet",
+                    },
                     to=sid,
                 )
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         await super()._handle_connect(eio_sid, namespace, data)
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace or NAMESPACE)
-        if sid is not None and self.after_connect is not None and self.manager.is_connected(
-            sid, namespace or NAMESPACE
+        if (
+            sid is not None
+            and self.after_connect is not None
+            and self.manager.is_connected(sid, namespace or NAMESPACE)
         ):
             await self.after_connect(sid)
 
@@ -103,9 +108,9 @@ class SocketTransport:
         return self._hub
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
-        address = environ.get("REMOTE_ADDR") or environ.get("asgi.scope", {}).get(
-            "client", ("?",)
-        )[0]
+        address = (
+            environ.get("REMOTE_ADDR") or environ.get("asgi.scope", {}).get("client", ("?",))[0]
+        )
         self.connections[sid] = Connection(sid=sid, address=str(address))
         return True
 

@@ -4,8 +4,12 @@ import asyncio
 
 from tests.support.client import Client
 
-FAST = {"heartbeat_interval": 0.3, "heartbeat_timeout": 0.1,
-        "heartbeat_warn_after": 2, "heartbeat_max_missed": 3}
+FAST = {
+    "heartbeat_interval": 0.3,
+    "heartbeat_timeout": 0.1,
+    "heartbeat_warn_after": 2,
+    "heartbeat_max_missed": 3,
+}
 
 
 async def test_acknowledged_heartbeats_bring_no_warning(server_factory) -> None:
@@ -46,8 +50,9 @@ async def test_an_ack_resets_the_missed_count(server_factory) -> None:
         beat = await client.expect("system:heartbeat", timeout=2)
         while not client.events["system:heartbeat"].empty():
             beat = client.events["system:heartbeat"].get_nowait()
-        await client.emit("system:heartbeat-ack", {"id": beat["id"],
-                                                   "timestamp": "2026-01-01T00:00:00.000Z"})
+        await client.emit(
+            "system:heartbeat-ack", {"id": beat["id"], "timestamp": "2026-01-01T00:00:00.000Z"}
+        )
         # Answer from now on: the connection must survive well past max_missed rounds.
         deadline = asyncio.get_running_loop().time() + 1.5
         while asyncio.get_running_loop().time() < deadline:

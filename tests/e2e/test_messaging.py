@@ -29,10 +29,15 @@ async def test_general_reaches_everyone_including_the_sender(connect) -> None:
 async def test_general_cannot_forge_server_fields(connect) -> None:
     alice = await connect("alice")
     bob = await connect("bob")
-    await alice.emit("system:general", {
-        "type": "x", "sender": {"id": "evil", "username": "bob"},
-        "timestamp": "1999-01-01T00:00:00.000Z", "broadcast": False,
-    })
+    await alice.emit(
+        "system:general",
+        {
+            "type": "x",
+            "sender": {"id": "evil", "username": "bob"},
+            "timestamp": "1999-01-01T00:00:00.000Z",
+            "broadcast": False,
+        },
+    )
     got = await bob.expect("system:general")
     assert got["sender"]["username"] == "alice" and got["sender"]["id"] == alice.sid
     assert got["broadcast"] is True and got["timestamp"] != "1999-01-01T00:00:00.000Z"
@@ -56,8 +61,10 @@ async def test_direct_reaches_only_the_target(connect) -> None:
     alice = await connect("alice")
     bob = await connect("bob")
     carol = await connect("carol")
-    await alice.emit("system:direct", {"target": "bob", "type": "chatMessage", "message": "Hi",
-                                       "sender": "forged"})
+    await alice.emit(
+        "system:direct",
+        {"target": "bob", "type": "chatMessage", "message": "Hi", "sender": "forged"},
+    )
     got = await bob.expect("system:direct")
     assert got == {
         "target": "bob",
@@ -75,8 +82,12 @@ async def test_direct_to_an_unknown_user_fails_with_both_replies(connect) -> Non
     alice = await connect("alice")
     await alice.emit("system:direct", {"target": "ghost", "type": "chat"})
     sent = await alice.expect("system:directSent")
-    assert sent == {"success": False, "target": "ghost", "reason": "User not found",
-                    "timestamp": sent["timestamp"]}
+    assert sent == {
+        "success": False,
+        "target": "ghost",
+        "reason": "User not found",
+        "timestamp": sent["timestamp"],
+    }
     assert (await alice.expect("system:error"))["code"] == "TARGET_NOT_FOUND"
 
 

@@ -8,12 +8,15 @@ async def test_notification_to_targets(connect) -> None:
     bob = await connect("bob")
     carol = await connect("carol")
     dave = await connect("dave")
-    await alice.emit("system:notification", {
-        "type": "friendRequest",
-        "content": {"message": "Be my friend"},
-        "targets": ["bob", "carol", "nobody"],
-        "priority": "high",
-    })
+    await alice.emit(
+        "system:notification",
+        {
+            "type": "friendRequest",
+            "content": {"message": "Be my friend"},
+            "targets": ["bob", "carol", "nobody"],
+            "priority": "high",
+        },
+    )
     for receiver in (bob, carol):
         got = await receiver.expect("system:notification")
         assert got == {
@@ -79,8 +82,9 @@ async def test_too_many_targets(server_factory) -> None:
     alice = Client(server.url)
     try:
         await (await alice.connect()).login("alice")
-        await alice.emit("system:notification",
-                         {"type": "t", "content": {}, "targets": ["a", "b", "c"]})
+        await alice.emit(
+            "system:notification", {"type": "t", "content": {}, "targets": ["a", "b", "c"]}
+        )
         error = await alice.expect("system:error")
         assert error["code"] == "INVALID_FORMAT" and "targets" in error["message"]
     finally:

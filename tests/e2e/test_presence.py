@@ -27,8 +27,9 @@ async def test_set_data_reply_lists_updated_fields(connect) -> None:
 
 async def test_set_data_merges_partial_updates(connect) -> None:
     alice = await connect()
-    await alice.login("alice", profile={"displayName": "Alice"}, status="online",
-                      settings={"theme": "dark"})
+    await alice.login(
+        "alice", profile={"displayName": "Alice"}, status="online", settings={"theme": "dark"}
+    )
     await alice.emit("system:setData", {"following": ["bob"]})
     assert (await alice.expect("system:dataSet"))["updatedFields"] == ["following"]
     await alice.emit("system:setData", {"status": "away"})

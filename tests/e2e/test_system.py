@@ -19,8 +19,12 @@ async def test_client_ping_answers_pong(connect) -> None:
 
 
 async def test_get_config(server_factory) -> None:
-    server = server_factory(heartbeat_interval=20, heartbeat_timeout=4, max_message_bytes=5000,
-                            max_notification_bytes=1000)
+    server = server_factory(
+        heartbeat_interval=20,
+        heartbeat_timeout=4,
+        max_message_bytes=5000,
+        max_notification_bytes=1000,
+    )
     client = Client(server.url)
     await client.connect()
     try:

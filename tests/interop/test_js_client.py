@@ -26,7 +26,10 @@ def run_scenario(url: str, mode: str) -> dict[str, Any]:
         pytest.fail("run `npm ci` in tests/interop (the README's test command does it)")
     done = subprocess.run(
         ["node", str(HERE / "scenario.mjs"), url, mode],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
@@ -45,19 +48,30 @@ def test_official_js_client(server, mode: str) -> None:
     assert out["dataSet"]["updatedFields"] == ["username", "profile"]
     assert out["followed"]["username"] == "js-bob"
 
-    assert out["direct"] == {"target": "js-bob", "type": "chatMessage", "message": "Hello Bob!",
-                             "sender": alice_sender, "timestamp": out["direct"]["timestamp"]}
+    assert out["direct"] == {
+        "target": "js-bob",
+        "type": "chatMessage",
+        "message": "Hello Bob!",
+        "sender": alice_sender,
+        "timestamp": out["direct"]["timestamp"],
+    }
     assert out["directSent"]["success"] is True and out["directSent"]["target"] == "js-bob"
     for received in (out["generalAtBob"], out["generalAtAlice"]):
         assert received["broadcast"] is True and received["sender"] == alice_sender
         assert received["message"] == "Hello everyone!" and ISO.match(received["timestamp"])
-    assert out["generalSent"]["originalMessage"] == {"type": "announcement",
-                                                     "message": "Hello everyone!"}
+    assert out["generalSent"]["originalMessage"] == {
+        "type": "announcement",
+        "message": "Hello everyone!",
+    }
     assert out["typing"]["isTyping"] is True and out["typing"]["sender"] == alice_sender
     assert out["notification"]["content"] == {"id": 1}
 
-    assert out["directFailed"] == {"success": False, "target": "ghost", "reason": "User not found",
-                                   "timestamp": out["directFailed"]["timestamp"]}
+    assert out["directFailed"] == {
+        "success": False,
+        "target": "ghost",
+        "reason": "User not found",
+        "timestamp": out["directFailed"]["timestamp"],
+    }
     assert out["error"]["code"] == "TARGET_NOT_FOUND"
 
     assert out["clientsAck"]["count"] == 2

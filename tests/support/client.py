@@ -36,10 +36,14 @@ class Client:
         assert sid is not None
         return str(sid)
 
-    async def connect(self, *, auth: Any = None, headers: dict[str, str] | None = None,
-                      welcome: bool = True) -> Client:
+    async def connect(
+        self, *, auth: Any = None, headers: dict[str, str] | None = None, welcome: bool = True
+    ) -> Client:
         await self.sio.connect(
-            self.url, transports=self.transports, auth=auth, headers=headers or {},
+            self.url,
+            transports=self.transports,
+            auth=auth,
+            headers=headers or {},
             wait_timeout=DEFAULT_TIMEOUT,
         )
         if welcome:

@@ -18,7 +18,9 @@ class RecordingDelivery:
     async def send(self, sid: str, event: str, payload: Mapping[str, Any]) -> None:
         self.sent.append((sid, event, dict(payload)))
 
-    async def send_many(self, sids: Collection[str], event: str, payload: Mapping[str, Any]) -> None:
+    async def send_many(
+        self, sids: Collection[str], event: str, payload: Mapping[str, Any]
+    ) -> None:
         for sid in sids:
             await self.send(sid, event, payload)
 
