@@ -2,21 +2,18 @@
 every indicator of a connection ends when it disconnects.
 
 :class:`TypingTracker` is the bookkeeping with the clock passed in; :class:`TypingService` puts
-it on the wire. One timer serves every connection: the tracker keeps a heap of deadlines and the
-service sleeps until the earliest.
+it on the wire. One timer serves every connection (:mod:`gateway.scheduling`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import heapq
 from collections.abc import Callable
 
 from ..protocol.errors import ErrorCode, GatewayError
 from ..protocol.events import Outbound
 from ..protocol.inbound import Typing
 from ..protocol.timestamps import iso_timestamp
+from ..scheduling import DeadlineQueue, DeadlineTimer
 from ..store.base import Presence, PresenceStore
 from .identity import identified, sender_of
 from .ports import Delivery
@@ -27,44 +24,34 @@ Pair = tuple[str, str]  # (sender sid, target sid)
 class TypingTracker:
     def __init__(self, timeout: float) -> None:
         self._timeout = timeout
-        self._deadlines: dict[Pair, float] = {}
-        # Stale heap entries (refreshed or stopped pairs) are skipped when they surface.
-        self._heap: list[tuple[float, Pair]] = []
+        self._pending: DeadlineQueue[Pair] = DeadlineQueue()
 
     def start(self, pair: Pair, now: float) -> bool:
         """Start or refresh; True when the pair was not typing before."""
-        is_new = pair not in self._deadlines
-        deadline = now + self._timeout
-        self._deadlines[pair] = deadline
-        heapq.heappush(self._heap, (deadline, pair))
-        return is_new
+        return self._pending.set(pair, now + self._timeout)
 
     def stop(self, pair: Pair) -> bool:
-        return self._deadlines.pop(pair, None) is not None
+        return self._pending.discard(pair)
 
     def expire(self, now: float) -> list[Pair]:
-        expired: list[Pair] = []
-        while self._heap and self._heap[0][0] <= now:
-            deadline, pair = heapq.heappop(self._heap)
-            if self._deadlines.get(pair) == deadline:
-                del self._deadlines[pair]
-                expired.append(pair)
-        return expired
+        return self._pending.pop_due(now)
 
     def drop(self, sid: str) -> list[Pair]:
         """Forget every pair *sid* is part of; returns the pairs it was typing in as sender."""
-        ended = [pair for pair in self._deadlines if sid in pair]
+        ended = [pair for pair in self._pending if sid in pair]
         for pair in ended:
-            del self._deadlines[pair]
+            self._pending.discard(pair)
         return [pair for pair in ended if pair[0] == sid]
 
+    @property
+    def pending(self) -> DeadlineQueue[Pair]:
+        return self._pending
+
     def next_deadline(self) -> float | None:
-        while self._heap and self._deadlines.get(self._heap[0][1]) != self._heap[0][0]:
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
+        return self._pending.next_deadline()
 
     def __len__(self) -> int:
-        return len(self._deadlines)
+        return len(self._pending)
 
 
 class TypingService:
@@ -80,15 +67,16 @@ class TypingService:
         self._delivery = delivery
         self._clock = clock
         self._tracker = TypingTracker(timeout)
-        self._wake = asyncio.Event()
+        self._timer = DeadlineTimer(self._tracker.pending, clock)
 
     async def start(self, sid: str, message: Typing) -> None:
         sender, target = await self._resolve(sid, message)
-        earliest = self._tracker.next_deadline()
+        was_idle = not self._tracker
         if self._tracker.start((sid, target), self._clock()):
             await self._update(sender, target, is_typing=True)
-        if earliest is None:
-            self._wake.set()
+        if was_idle:
+            # Every deadline is now + timeout, so only the first one can be the earliest.
+            self._timer.poke()
 
     async def stop(self, sid: str, message: Typing) -> None:
         sender, target = await self._resolve(sid, message)
@@ -102,15 +90,7 @@ class TypingService:
     async def run(self) -> None:
         """Send the automatic stops. One task for the whole process."""
         while True:
-            deadline = self._tracker.next_deadline()
-            self._wake.clear()
-            if deadline is None:
-                await self._wake.wait()
-                continue
-            delay = deadline - self._clock()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+            await self._timer.wait_due()
             for sender_sid, target in self._tracker.expire(self._clock()):
                 sender = await self._store.get(sender_sid)
                 if sender is not None:
