@@ -15,7 +15,7 @@ from .settings import Settings
 from .store.base import PresenceStore
 from .store.memory import MemoryStore
 from .transport.delivery import SocketIODelivery
-from .transport.socketio_server import GatewaySocketServer, OrjsonCodec, SocketTransport
+from .transport.socketio_server import SocketTransport
 
 log = logging.getLogger("wshub.app")
 
@@ -26,18 +26,8 @@ class Gateway:
     def __init__(self, settings: Settings, store: PresenceStore | None = None) -> None:
         self.settings = settings
         self.started = time.monotonic()
-        self.sio = GatewaySocketServer(
-            async_mode="asgi",
-            async_handlers=False,  # one client's events run in order, without a task each
-            json=OrjsonCodec,
-            cors_allowed_origins=settings.cors_origins,
-            max_http_buffer_size=settings.max_frame_bytes,
-            ping_interval=settings.engineio_ping_interval,
-            ping_timeout=settings.engineio_ping_timeout,
-            logger=False,
-            engineio_logger=False,
-        )
-        self.transport = SocketTransport(self.sio)
+        self.transport = SocketTransport(settings, time.monotonic)
+        self.sio = self.transport.sio
         self.hub = Hub(settings, store or MemoryStore(), SocketIODelivery(self.sio))
         self.transport.bind(self.hub)
         self.http = create_http_app(self.hub, started=self.started)

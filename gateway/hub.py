@@ -9,11 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from .auth.expiry import SessionExpiry
+from .auth.tokens import AuthError, Identity, TokenVerifier, bearer_token
 from .pipeline.chain import build_chain
-from .pipeline.context import EventContext, Middleware, Route
+from .pipeline.context import EventContext, RateClass, Route
+from .pipeline.permissions import Permissions
+from .pipeline.ratelimit import RateLimit, RatePolicy
+from .pipeline.size import SizeLimit
 from .pipeline.validation import ValidateSchema
 from .protocol.errors import GatewayError, Reply
 from .protocol.events import Inbound, Outbound
@@ -28,11 +33,15 @@ from .services.stats import StatsService
 from .services.system import SystemService
 from .services.typing import TypingService
 from .settings import Settings
-from .store.base import PresenceStore
+from .store.base import PresenceStore, UsernameTaken
 
 log = logging.getLogger("wshub.hub")
 
 INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class Refused(Exception):
+    """A connection the hub will not take; the message tells the client why."""
 
 
 class Hub:
@@ -42,8 +51,8 @@ class Hub:
         store: PresenceStore,
         delivery: Delivery,
         *,
-        middlewares: Sequence[Middleware] = (),
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -65,36 +74,79 @@ class Hub:
         )
         self.stats = StatsService(store, delivery, interval=settings.stats_interval)
         self.system = SystemService(settings)
+        self.verifier = TokenVerifier(settings) if settings.auth_enabled else None
+        self.expiry = SessionExpiry(delivery, wall_clock)
+        self.rate_limit = RateLimit(
+            RatePolicy(
+                rate=settings.rate_limit,
+                burst=settings.rate_limit_burst,
+                cheap_rate=settings.rate_limit_cheap,
+                cheap_burst=settings.rate_limit_cheap_burst,
+                flood_after=settings.flood_disconnect_after,
+            ),
+            clock,
+        )
         self.routes = self._routes()
         limits = Limits(
             max_username_length=settings.max_username_length,
             max_following=settings.max_following,
             max_targets=settings.max_targets,
         )
-        self._pipeline = build_chain([*middlewares, ValidateSchema(limits)])
+        # The order of DESIGN.md: size → rate → auth/permission → validation → handler.
+        self._pipeline = build_chain(
+            [
+                SizeLimit(settings.max_message_bytes),
+                self.rate_limit,
+                Permissions(wall_clock),
+                ValidateSchema(limits),
+            ]
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def connected(self, sid: str) -> None:
+    def authenticate(self, auth: Any, headers: Mapping[str, str]) -> Identity | None:
+        """Who is connecting; None when authentication is off. Raises :class:`AuthError`."""
+        if self.verifier is None:
+            return None
+        token = bearer_token(auth, headers)
+        if token is None:
+            raise AuthError("a token is required (auth: {token} or Authorization: Bearer)")
+        return self.verifier.verify(token)
+
+    async def admit(self, sid: str, identity: Identity | None) -> None:
+        """Register a connection before its CONNECT is answered. Raises :class:`Refused`."""
         await self.store.connect(sid, iso_timestamp())
+        if identity is None:
+            return
+        try:
+            await self.store.save(sid, identity.username, {})
+        except UsernameTaken:
+            await self.store.disconnect(sid)
+            raise Refused(f"user {identity.username!r} is already connected") from None
+        self.expiry.watch(sid, identity.expires_at)
+
+    async def connected(self, sid: str) -> None:
+        """The client's namespace is connected: start its heartbeats and welcome it."""
         self.heartbeat.connected(sid)
         welcome = self.system.welcome()
         await self.delivery.send(sid, welcome.event, welcome.payload)
 
     async def disconnected(self, sid: str) -> None:
         self.heartbeat.disconnected(sid)
+        self.rate_limit.forget(sid)
+        self.expiry.forget(sid)
         presence = await self.store.disconnect(sid)
         if presence is not None:
             await self.typing.disconnected(presence)
 
     def background_jobs(self) -> list[Callable[[], Any]]:
         """Process-wide loops: one task each, whatever the number of connections."""
-        return [self.heartbeat.run, self.typing.run, self.stats.run]
+        return [self.heartbeat.run, self.typing.run, self.stats.run, self.expiry.run]
 
     # -- events -----------------------------------------------------------------------------
 
     async def handle(
-        self, sid: str, event: str, args: tuple[Any, ...], size: int, identity: dict[str, Any]
+        self, sid: str, event: str, args: tuple[Any, ...], size: int, identity: Identity | None
     ) -> Any:
         """Run one client event through the pipeline; returns the acknowledgement payload.
 
@@ -109,6 +161,8 @@ class Hub:
             if err.reply is not None:
                 await self.delivery.send(sid, err.reply.event, err.reply.payload)
             await self.delivery.send(sid, Outbound.ERROR, err.payload())
+            if err.close is not None:
+                await self.delivery.close(sid, err.close, err.message)
             return err.reply.payload if err.reply is not None else err.payload()
         except asyncio.CancelledError:
             raise
@@ -126,7 +180,8 @@ class Hub:
         from .protocol.inbound import MODELS
 
         async def set_data(ctx: EventContext, message: Any) -> Reply:
-            return await self.presence.set_data(ctx.sid, message)
+            forced = ctx.identity.username if ctx.identity is not None else None
+            return await self.presence.set_data(ctx.sid, message, forced_username=forced)
 
         async def clients(ctx: EventContext, message: Any) -> Reply:
             return await self.presence.clients()
@@ -167,8 +222,18 @@ class Hub:
             Inbound.HEARTBEAT_ACK: heartbeat_ack,
             Inbound.GET_CONFIG: get_config,
         }
-        cheap = {Inbound.PING, Inbound.HEARTBEAT_ACK}
+        rate_classes = {Inbound.PING: RateClass.CHEAP, Inbound.HEARTBEAT_ACK: RateClass.EXEMPT}
+        roles = {
+            Inbound.GENERAL: self.settings.auth_broadcast_role,
+            Inbound.CLIENTS: self.settings.auth_clients_role,
+        }
         return {
-            event: Route(event, MODELS[event], handler, cheap=event in cheap)
+            event: Route(
+                event,
+                MODELS[event],
+                handler,
+                rate_class=rate_classes.get(event, RateClass.NORMAL),
+                role=roles.get(event),
+            )
             for event, handler in handlers.items()
         }

@@ -10,20 +10,22 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
+from pydantic import (
+    Field,
+    FilePath,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
 )
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "WSHUB_"
 # Set by `ws-hub serve` so that every worker process reads the same file.
 CONFIG_FILE_ENV = "WSHUB_CONFIG_FILE"
-
-PositiveSeconds = Field(gt=0, le=86_400)
 
 
 class SettingsError(Exception):
@@ -68,6 +70,41 @@ class Settings(BaseSettings):
     max_following: int = Field(1_000, ge=0, le=1_000_000)
     max_targets: int = Field(100, ge=1, le=100_000)
 
+    # -- rate limits (events per second per connection; burst = bucket size)
+    rate_limit: float = Field(20.0, gt=0, le=100_000)
+    rate_limit_burst: int = Field(40, ge=1, le=1_000_000)
+    rate_limit_cheap: float = Field(50.0, gt=0, le=100_000)
+    rate_limit_cheap_burst: int = Field(100, ge=1, le=1_000_000)
+    # Refused events a connection may pile up (refilled at rate_limit per second) before it is
+    # disconnected for flooding.
+    flood_disconnect_after: int = Field(100, ge=1, le=1_000_000)
+
+    # -- connection admission
+    max_connections: int = Field(10_000, ge=1, le=10_000_000)
+    max_connections_per_ip: int = Field(256, ge=1, le=10_000_000)
+    connect_rate_per_ip: float = Field(20.0, gt=0, le=100_000)
+    connect_burst_per_ip: int = Field(40, ge=1, le=1_000_000)
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
+
+    # -- backpressure: packets queued for one client before it is dropped as a slow consumer
+    max_outbound_queue: int = Field(1_000, ge=10, le=1_000_000)
+    websocket_write_timeout: float = Field(10.0, gt=0, le=3_600)
+    # permessage-deflate triples memory per idle connection; declined unless asked for.
+    websocket_deflate: bool = False
+
+    # -- authentication (off unless a secret or a public key is set)
+    auth_jwt_secret: SecretStr | None = None
+    auth_jwt_public_key_file: FilePath | None = None
+    auth_jwt_algorithms: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    auth_jwt_audience: str | None = None
+    auth_jwt_issuer: str | None = None
+    auth_jwt_leeway: float = Field(0.0, ge=0, le=3_600)
+    auth_username_claim: str = "sub"
+    auth_role_claim: str = "roles"
+    auth_broadcast_role: str | None = None
+    auth_clients_role: str | None = None
+    auth_admin_role: str = "admin"
+
     # -- TLS certificate reload (see docs/tls-reload.md)
     tls_watch_step_ms: int = Field(50, ge=1, le=60_000)
     tls_watch_debounce_ms: int = Field(1_600, ge=1, le=600_000)
@@ -76,12 +113,24 @@ class Settings(BaseSettings):
     tls_expiry_warn_days: float = Field(14.0, ge=0, le=3_650)
 
     # -- transport
-    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     engineio_ping_interval: float = Field(25.0, gt=0, le=3_600)
     engineio_ping_timeout: float = Field(20.0, gt=0, le=3_600)
 
     # -- logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("cors_origins", "trusted_proxies", "auth_jwt_algorithms", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        # Environment variables carry lists as "a,b,c"; the TOML table as real arrays.
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth_jwt_secret is not None or self.auth_jwt_public_key_file is not None
 
     @model_validator(mode="after")
     def _check_relations(self) -> Self:
@@ -94,6 +143,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "heartbeat_warn_after must not exceed heartbeat_max_missed "
                 f"({self.heartbeat_warn_after} > {self.heartbeat_max_missed})"
+            )
+        if self.auth_jwt_secret is not None and self.auth_jwt_public_key_file is not None:
+            raise ValueError(
+                "set either auth_jwt_secret (HS256) or auth_jwt_public_key_file (RS256/ES256)"
             )
         if self.max_message_bytes > self.max_frame_bytes:
             raise ValueError("max_message_bytes must not exceed max_frame_bytes")

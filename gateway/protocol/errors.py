@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from .close import CloseReason
+
 
 class ErrorCode(StrEnum):
     INVALID_FORMAT = "INVALID_FORMAT"
@@ -32,11 +34,22 @@ class GatewayError(Exception):
     ``success: false``), sent before the error where the contract has one.
     """
 
-    def __init__(self, code: ErrorCode, message: str, reply: Reply | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        reply: Reply | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        close: CloseReason | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.reply = reply
+        self.extra = extra or {}
+        self.close = close
+        """Set when the connection must also end, after the error is sent."""
 
     def payload(self) -> dict[str, Any]:
-        return {"code": self.code.value, "message": self.message}
+        return {"code": self.code.value, "message": self.message, **self.extra}

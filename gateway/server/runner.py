@@ -13,6 +13,7 @@ from hypercorn.utils import wrap_app
 
 from ..app import Gateway
 from ..settings import Settings
+from . import websocket
 from .config import GatewayConfig
 
 log = logging.getLogger("wshub.server")
@@ -32,13 +33,15 @@ async def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         shutdown_trigger = stop.wait
+    settings = gateway.settings
+    config.websocket_max_message_size = settings.max_frame_bytes
+    websocket.install(allow_deflate=settings.websocket_deflate, max_size=settings.max_frame_bytes)
     app = wrap_app(gateway.asgi, config.wsgi_max_body_size, "asgi")
     await worker_serve(app, config, sockets=sockets, shutdown_trigger=shutdown_trigger)
 
 
 def run_worker(config: GatewayConfig, settings: Settings, sockets: Sockets | None = None) -> None:
     """Blocking entry point of one worker process."""
-    config.websocket_max_message_size = settings.max_frame_bytes
     runner = _event_loop_runner()
     runner(serve(Gateway(settings), config, sockets=sockets))
 

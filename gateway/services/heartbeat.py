@@ -15,11 +15,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..protocol.close import CloseReason
 from ..protocol.errors import ErrorCode, GatewayError
 from ..protocol.events import Outbound
 from ..protocol.inbound import HeartbeatAck
 from ..protocol.timestamps import iso_timestamp
-from .ports import CloseReason, Delivery
+from .ports import Delivery
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,9 +7,9 @@ from typing import Any
 
 import socketio
 
+from ..protocol.close import RECONNECT_ADVICE, CloseReason
 from ..protocol.events import Outbound
 from ..protocol.timestamps import iso_timestamp
-from ..services.ports import RECONNECT_ADVICE, CloseReason
 
 NAMESPACE = "/"
 

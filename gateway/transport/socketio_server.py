@@ -1,34 +1,47 @@
 """python-socketio, wrapped: connection events and a catch-all into the :class:`~gateway.hub.Hub`.
 
 python-socketio is untyped and its packet handling is the one place where a hostile client can
-reach code we do not own; this module is the seam. It overrides two private hooks of
-``socketio.AsyncServer`` (pinned to python-socketio 5.x in ``pyproject.toml``):
+reach code we do not own; this module is the seam. It overrides private hooks of
+``socketio.AsyncServer`` and ``engineio.AsyncServer`` (pinned to 5.x / 4.x in
+``pyproject.toml``; ``tests/e2e`` covers each):
 
 * ``_handle_eio_message``: records the packet's size for the size limit and turns a malformed
   Socket.IO packet into ``system:error`` instead of an exception in the reader loop;
-* ``_handle_connect``: runs the post-connect hook (welcome) *after* the CONNECT packet is out,
-  so the welcome never reaches a client before its namespace is connected.
+* ``_handle_connect``: welcomes the client *after* its CONNECT packet is out (a welcome sent
+  from the connect handler would overtake it), and closes the Engine.IO session of a refused
+  connection instead of leaving it open;
+* ``engineio.AsyncServer.send_packet``: bounds each client's outbound queue. python-engineio
+  queues without limit and its writer blocks on a client that does not read, so one stalled
+  reader would otherwise grow the server's memory for as long as others broadcast.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import engineio
 import socketio
 
-from ..hub import Hub
+from ..auth.tokens import AuthError, Identity
+from ..hub import Hub, Refused
 from ..protocol import codec
+from ..protocol.close import CloseReason
 from ..protocol.errors import ErrorCode
 from ..protocol.events import Outbound
+from ..settings import Settings
+from .admission import Admission, AdmissionPolicy, client_address
 from .delivery import NAMESPACE
 
 log = logging.getLogger("wshub.transport")
 
 _packet_size: contextvars.ContextVar[int] = contextvars.ContextVar("packet_size", default=0)
+# Time a refused client gets to read its CONNECT_ERROR before its session is closed.
+_REFUSED_GRACE_SECONDS = 1.0
 
 
 class OrjsonCodec:
@@ -49,13 +62,45 @@ class Connection:
 
     sid: str
     address: str
-    identity: dict[str, Any] = field(default_factory=dict)
+    identity: Identity | None
+
+
+class BoundedEngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
+    """Engine.IO server whose per-client outbound queue has a ceiling."""
+
+    max_queue = 1_000
+    on_slow_consumer: Callable[[str], None] | None = None
+
+    async def send_packet(self, sid: str, pkt: Any) -> None:
+        socket = self.sockets.get(sid)
+        if socket is None or socket.closed or socket.closing:
+            return
+        if socket.queue.qsize() >= self.max_queue:
+            await self._drop_slow_consumer(socket)
+            return
+        await socket.send(pkt)
+
+    async def _drop_slow_consumer(self, socket: Any) -> None:
+        log.warning(
+            "closing %s: slow consumer (%d packets queued)", socket.sid, socket.queue.qsize()
+        )
+        if self.on_slow_consumer is not None:
+            self.on_slow_consumer(socket.sid)
+        # abort: a CLOSE packet would only join the queue the client is not reading.
+        await socket.close(wait=False, abort=True, reason=CloseReason.SLOW_CONSUMER.value)
+        while not socket.queue.empty():  # free the backlog now, not when the peer goes
+            socket.queue.get_nowait()
+            socket.queue.task_done()
+        socket.queue.put_nowait(None)  # lets the writer task finish once it is unblocked
 
 
 class GatewaySocketServer(socketio.AsyncServer):  # type: ignore[misc]
-    """AsyncServer with the two hooks described in the module docstring."""
+    """AsyncServer with the hooks described in the module docstring."""
 
     after_connect: Callable[[str], Any] | None = None
+
+    def _engineio_server_class(self) -> type[engineio.AsyncServer]:
+        return BoundedEngineIOServer
 
     async def _handle_eio_message(self, eio_sid: str, data: str | bytes) -> None:
         _packet_size.set(len(data))
@@ -63,7 +108,8 @@ class GatewaySocketServer(socketio.AsyncServer):  # type: ignore[misc]
             await super()._handle_eio_message(eio_sid, data)
         except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
             # A packet python-socketio could not parse: bad JSON, an empty event array, a
-            # non-string event name. Answer it; never let it kill the reader loop.
+            # binary packet announcing attachments that never come. Answer it; never let it
+            # kill the reader loop.
             sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
             log.info("malformed packet from %s: %s", sid or eio_sid, exc)
             if sid is not None:
@@ -77,22 +123,52 @@ class GatewaySocketServer(socketio.AsyncServer):  # type: ignore[misc]
                 )
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        namespace = namespace or NAMESPACE
         await super()._handle_connect(eio_sid, namespace, data)
-        sid = self.manager.sid_from_eio_sid(eio_sid, namespace or NAMESPACE)
-        if (
-            sid is not None
-            and self.after_connect is not None
-            and self.manager.is_connected(sid, namespace or NAMESPACE)
-        ):
-            await self.after_connect(sid)
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is not None and self.manager.is_connected(sid, namespace):
+            if self.after_connect is not None:
+                await self.after_connect(sid)
+        else:
+            asyncio.get_running_loop().call_later(
+                _REFUSED_GRACE_SECONDS, self._close_refused, eio_sid
+            )
+
+    def _close_refused(self, eio_sid: str) -> None:
+        if self.manager.sid_from_eio_sid(eio_sid, NAMESPACE) is None:
+            socket = self.eio.sockets.get(eio_sid)
+            if socket is not None:
+                self.start_background_task(socket.close, wait=False, abort=True)
 
 
 class SocketTransport:
     """Binds a :class:`GatewaySocketServer` to a :class:`Hub`."""
 
-    def __init__(self, sio: GatewaySocketServer) -> None:
-        self.sio = sio
+    def __init__(self, settings: Settings, clock: Callable[[], float]) -> None:
+        origins = settings.cors_origins
+        self.sio = GatewaySocketServer(
+            async_mode="asgi",
+            async_handlers=False,  # one client's events run in order, without a task each
+            json=OrjsonCodec,
+            cors_allowed_origins="*" if "*" in origins else origins,
+            max_http_buffer_size=settings.max_frame_bytes,
+            ping_interval=settings.engineio_ping_interval,
+            ping_timeout=settings.engineio_ping_timeout,
+            logger=False,
+            engineio_logger=False,
+        )
+        self.sio.eio.max_queue = settings.max_outbound_queue
         self.connections: dict[str, Connection] = {}
+        self.admission = Admission(
+            AdmissionPolicy(
+                max_connections=settings.max_connections,
+                max_per_address=settings.max_connections_per_ip,
+                connect_rate=settings.connect_rate_per_ip,
+                connect_burst=settings.connect_burst_per_ip,
+            ),
+            clock,
+        )
+        self._trusted_proxies = settings.trusted_proxies
         self._hub: Hub | None = None
 
     def bind(self, hub: Hub) -> None:
@@ -100,28 +176,59 @@ class SocketTransport:
         self.sio.on("connect", self._on_connect, namespace=NAMESPACE)
         self.sio.on("disconnect", self._on_disconnect, namespace=NAMESPACE)
         self.sio.on("*", self._on_event, namespace=NAMESPACE)
-        self.sio.after_connect = self._after_connect
+        self.sio.after_connect = hub.connected
 
     @property
     def hub(self) -> Hub:
         assert self._hub is not None, "bind() a hub first"
         return self._hub
 
+    def transport_of(self, sid: str) -> str:
+        try:
+            return str(self.sio.transport(sid, namespace=NAMESPACE))
+        except KeyError:
+            return "closed"
+
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
-        address = (
-            environ.get("REMOTE_ADDR") or environ.get("asgi.scope", {}).get("client", ("?",))[0]
-        )
-        self.connections[sid] = Connection(sid=sid, address=str(address))
+        scope = environ.get("asgi.scope", {})
+        peer = str(environ.get("REMOTE_ADDR") or (scope.get("client") or ("unknown",))[0])
+        address = client_address(peer, environ.get("HTTP_X_FORWARDED_FOR"), self._trusted_proxies)
+        refusal = self.admission.admit(address)
+        if refusal is not None:
+            log.info("refused connection from %s: %s", address, refusal)
+            raise socketio.exceptions.ConnectionRefusedError(refusal, {"code": "RATE_LIMIT"})
+        try:
+            identity = self.hub.authenticate(auth, _headers(environ))
+            await self.hub.admit(sid, identity)
+        except AuthError as exc:
+            self.admission.release(address)
+            log.info("refused connection from %s: %s", address, exc)
+            raise socketio.exceptions.ConnectionRefusedError(
+                f"authentication failed: {exc}", {"code": ErrorCode.FORBIDDEN.value}
+            ) from None
+        except Refused as exc:
+            self.admission.release(address)
+            raise socketio.exceptions.ConnectionRefusedError(
+                str(exc), {"code": ErrorCode.DUPLICATE_USERNAME.value}
+            ) from None
+        self.connections[sid] = Connection(sid, address, identity)
         return True
 
-    async def _after_connect(self, sid: str) -> None:
-        await self.hub.connected(sid)
-
     async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
-        self.connections.pop(sid, None)
+        connection = self.connections.pop(sid, None)
+        if connection is not None:
+            self.admission.release(connection.address)
         await self.hub.disconnected(sid)
 
     async def _on_event(self, event: Any, sid: str, *args: Any) -> Any:
         connection = self.connections.get(sid)
-        identity = connection.identity if connection is not None else {}
+        identity = connection.identity if connection is not None else None
         return await self.hub.handle(sid, str(event), args, _packet_size.get(), identity)
+
+
+def _headers(environ: dict[str, Any]) -> dict[str, str]:
+    return {
+        key[5:].replace("_", "-").lower(): str(value)
+        for key, value in environ.items()
+        if key.startswith("HTTP_")
+    }

@@ -51,7 +51,6 @@ class LiveServer:
         sock = bound_socket()
         self.port = sock.getsockname()[1]
         config: GatewayConfig = load_config(None, self.config_overrides)
-        config.websocket_max_message_size = self.settings.max_frame_bytes
         sockets = Sockets([sock], [], []) if self.tls else Sockets([], [sock], [])
         self._thread = threading.Thread(
             target=self._run, args=(config, sockets), name=f"gateway:{self.port}", daemon=True

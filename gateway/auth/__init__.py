@@ -1,0 +1,1 @@
+"""Optional JWT authentication: verifying tokens and ending sessions when they expire."""
