@@ -1,0 +1,161 @@
+"""Size and rate limits, flooding, and connection admission, against a live gateway."""
+
+import asyncio
+import statistics
+
+import pytest
+import socketio
+
+from tests.support.client import Client
+
+
+async def test_oversized_event_is_refused_and_the_connection_stays(server_factory) -> None:
+    server = server_factory(max_message_bytes=1000, max_notification_bytes=500)
+    alice, bob = Client(server.url), Client(server.url)
+    try:
+        await (await alice.connect()).login("alice")
+        await (await bob.connect()).login("bob")
+        await alice.emit("system:direct", {"target": "bob", "type": "t", "text": "x" * 2000})
+        error = await alice.expect("system:error")
+        assert error["code"] == "PAYLOAD_TOO_LARGE"
+        assert "max_message_bytes" in error["message"] and "1000" in error["message"]
+        await bob.expect_none("system:direct")
+        await alice.emit("system:direct", {"target": "bob", "type": "t", "text": "small"})
+        assert (await bob.expect("system:direct"))["text"] == "small"
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_packet_over_the_engineio_ceiling_closes_the_connection(server_factory) -> None:
+    server = server_factory(
+        max_frame_bytes=4096, max_message_bytes=2048, max_notification_bytes=1024
+    )
+    client = Client(server.url)
+    await client.connect()
+    await client.emit("system:general", {"type": "t", "blob": "x" * 10_000})
+    await asyncio.wait_for(client.disconnected.wait(), 5)
+
+
+async def test_rate_limit_answers_with_the_time_to_wait(server_factory) -> None:
+    server = server_factory(rate_limit=5, rate_limit_burst=3, flood_disconnect_after=50)
+    client = Client(server.url)
+    try:
+        await (await client.connect()).login("alice")  # one token
+        for _ in range(4):
+            await client.emit("system:clients")
+        for _ in range(2):
+            await client.expect("system:clients")
+        error = await client.expect("system:error")
+        assert error["code"] == "RATE_LIMIT" and error["retryAfterMs"] > 0
+        assert "retry in" in error["message"]
+        await asyncio.sleep(error["retryAfterMs"] / 1000 + 0.05)
+        await client.emit("system:clients")
+        await client.expect("system:clients")
+    finally:
+        await client.close()
+
+
+async def test_heartbeat_acks_are_never_rate_limited(server_factory) -> None:
+    server = server_factory(
+        rate_limit=1,
+        rate_limit_burst=1,
+        rate_limit_cheap=1,
+        rate_limit_cheap_burst=1,
+        heartbeat_interval=0.2,
+        heartbeat_timeout=0.1,
+    )
+    client = Client(server.url)
+    try:
+        await client.connect()
+        beat = await client.expect("system:heartbeat", timeout=2)
+        for _ in range(5):
+            assert await client.call("system:heartbeat-ack", {"id": beat["id"]}) == {
+                "success": True
+            }
+    finally:
+        await client.close()
+
+
+async def test_flooding_disconnects_while_a_polite_client_keeps_its_latency(
+    server_factory,
+) -> None:
+    server = server_factory(rate_limit=50, rate_limit_burst=50, flood_disconnect_after=200)
+    flooder, polite = Client(server.url), Client(server.url)
+    await (await flooder.connect()).login("flooder")
+    await (await polite.connect()).login("polite")
+
+    async def flood() -> None:
+        while flooder.sio.connected:
+            await flooder.emit("system:general", {"type": "spam", "blob": "x" * 200})
+            await asyncio.sleep(0)
+
+    flooding = asyncio.create_task(flood())
+    latencies = []
+    loop = asyncio.get_running_loop()
+    try:
+        for _ in range(30):
+            started = loop.time()
+            await polite.call("client-ping")
+            latencies.append((loop.time() - started) * 1000)
+            await asyncio.sleep(0.02)
+        notice = await flooder.expect("system:disconnect", timeout=10)
+        assert notice["reason"] == "rate_limit_abuse"
+        assert "later" in notice["reconnect"]
+        await asyncio.wait_for(flooder.disconnected.wait(), 5)
+        assert any(e == "system:error" and p["code"] == "RATE_LIMIT" for e, p in flooder.log)
+        assert polite.sio.connected
+        print(
+            f"\npolite client ping during flood: p50 {statistics.median(latencies):.1f} ms, "
+            f"max {max(latencies):.1f} ms"
+        )
+    finally:
+        flooding.cancel()
+        await polite.close()
+        await flooder.close()
+
+
+async def test_connections_per_address_are_capped(server_factory) -> None:
+    server = server_factory(max_connections_per_ip=2)
+    clients = [Client(server.url) for _ in range(3)]
+    try:
+        await clients[0].connect()
+        await clients[1].connect()
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await clients[2].connect()
+        await clients[0].close()
+        await asyncio.sleep(0.1)
+        third = Client(server.url)
+        clients.append(third)
+        await third.connect()
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_connect_rate_per_address(server_factory) -> None:
+    server = server_factory(connect_rate_per_ip=0.5, connect_burst_per_ip=2)
+    clients = [Client(server.url) for _ in range(3)]
+    try:
+        await clients[0].connect()
+        await clients[1].connect()
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await clients[2].connect()
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_forwarded_for_counts_from_trusted_proxies_only(server_factory) -> None:
+    server = server_factory(max_connections_per_ip=1, trusted_proxies=["127.0.0.0/8"])
+    a = Client(server.url)
+    b = Client(server.url)
+    c = Client(server.url)
+    try:
+        await a.connect(headers={"X-Forwarded-For": "203.0.113.1"})
+        await b.connect(headers={"X-Forwarded-For": "203.0.113.2"})
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await c.connect(headers={"X-Forwarded-For": "203.0.113.1"})
+    finally:
+        for client in (a, b, c):
+            await client.close()
