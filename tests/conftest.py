@@ -17,10 +17,8 @@ def server_factory() -> Iterator[ServerFactory]:
     """Start gateways with settings overrides; all are stopped after the test."""
     started: list[LiveServer] = []
 
-    def start(
-        *, config: dict[str, Any] | None = None, tls: bool = False, **settings: Any
-    ) -> LiveServer:
-        server = LiveServer(Settings.load(**settings), config_overrides=config or {}, tls=tls)
+    def start(*, config: dict[str, Any] | None = None, **settings: Any) -> LiveServer:
+        server = LiveServer(Settings.load(**settings), config_overrides=config or {})
         started.append(server.start())
         return server
 

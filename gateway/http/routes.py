@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import html
 import time
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from quart import Quart, Response
 
-from ..hub import Hub
+from ..protocol.timestamps import iso_timestamp
+
+if TYPE_CHECKING:
+    from ..app import Gateway
 
 
-def create_http_app(hub: Hub, *, started: float) -> Quart:
+def create_http_app(gateway: Gateway, *, started: float) -> Quart:
     app = Quart("gateway")
+    hub = gateway.hub
     settings = hub.settings
 
     @app.get("/")
@@ -32,10 +37,21 @@ def create_http_app(hub: Hub, *, started: float) -> Quart:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         counts = await hub.store.counts()
-        return {
+        body: dict[str, Any] = {
             "status": "ok",
             "uptime": round(time.monotonic() - started, 3),
             "activeConnections": counts.active,
         }
+        if gateway.tls is not None:
+            info = gateway.tls.info
+            now = datetime.now(UTC)
+            body["tls"] = {
+                "serial": info.serial_hex,
+                "notAfter": iso_timestamp(info.not_after),
+                "secondsLeft": round(info.seconds_left(now)),
+                "subject": info.subject,
+                "reloads": {"ok": gateway.tls.reloads_ok, "rejected": gateway.tls.reloads_rejected},
+            }
+        return body
 
     return app

@@ -17,13 +17,39 @@ from typing import Any
 from hypercorn.config import Config
 
 from ..settings import SettingsError
+from ..tls import TlsFiles, TlsReloader
 
 DEFAULT_BIND = "127.0.0.1:8080"
 GATEWAY_TABLE = "wshub"
 
 
 class GatewayConfig(Config):
-    """Hypercorn's Config; the TLS layer replaces ``create_ssl_context`` at start-up."""
+    """Hypercorn's Config whose listeners take their TLS context from a :class:`TlsReloader`.
+
+    Hypercorn calls ``create_ssl_context`` once per worker; returning the reloader's listening
+    context (whose ``sni_callback`` hands each handshake the newest valid context) is what
+    makes certificates reloadable without touching a live context.
+    """
+
+    tls: TlsReloader | None = None
+
+    def tls_files(self) -> TlsFiles | None:
+        if self.certfile is None or self.keyfile is None:
+            return None
+        return TlsFiles(self.certfile, self.keyfile, self.ca_certs, self.keyfile_password)
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls is None:
+            return super().create_ssl_context()
+        return self.tls.listening_context()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Worker processes get the configuration, never live state: the reloader holds
+        # contexts and tasks, and a read `_log` makes Hypercorn's logger unpicklable.
+        state = dict(self.__dict__)
+        state.pop("tls", None)
+        state.pop("_log", None)
+        return state
 
 
 def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) -> GatewayConfig:

@@ -79,3 +79,13 @@ def test_official_js_client(server, mode: str) -> None:
     assert set(out["pongAck"]) == {"timestamp"}
     assert set(out["config"]) == {"heartbeat", "security", "notifications", "appInfo"}
     assert out["transport"] == "websocket"
+
+
+def test_official_js_client_over_tls(server_factory, tmp_path: Path) -> None:
+    from gateway.tls import generate_dev_pair
+
+    cert, key = generate_dev_pair(tmp_path)
+    server = server_factory(config={"certfile": cert, "keyfile": key})
+    assert server.url.startswith("https://")
+    out = run_scenario(server.url, "websocket")
+    assert out["directSent"]["success"] is True and out["transport"] == "websocket"

@@ -6,12 +6,17 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+_insecure = ssl.create_default_context()
+_insecure.check_hostname = False
+_insecure.verify_mode = ssl.CERT_NONE
 
 
 def free_port() -> int:
@@ -46,7 +51,7 @@ class GatewayProcess:
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 15) -> GatewayProcess:
+    def start(self, timeout: float = 15, health_scheme: str = "http") -> GatewayProcess:
         if not self.port:
             self.port = free_port()
         env = {**os.environ, "WSHUB_LOG_LEVEL": "WARNING", **self.env}
@@ -59,7 +64,9 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
+                with urllib.request.urlopen(
+                    f"{health_scheme}://127.0.0.1:{self.port}/health", timeout=1, context=_insecure
+                ):
                     return self
             except OSError:
                 time.sleep(0.05)

@@ -17,7 +17,7 @@ from hypercorn.config import Sockets
 
 from gateway.app import Gateway
 from gateway.server.config import GatewayConfig, load_config
-from gateway.server.runner import serve
+from gateway.server.runner import build_gateway, serve
 from gateway.settings import Settings
 
 
@@ -35,6 +35,7 @@ class LiveServer:
     settings: Settings
     config_overrides: dict[str, Any] = field(default_factory=dict)
     tls: bool = False
+    """Set from the config: True when it names a certificate."""
     gateway: Gateway | None = None
     port: int = 0
     _thread: threading.Thread | None = None
@@ -48,9 +49,11 @@ class LiveServer:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> LiveServer:
+        """Start serving; TLS when the config overrides name a certfile and keyfile."""
         sock = bound_socket()
         self.port = sock.getsockname()[1]
         config: GatewayConfig = load_config(None, self.config_overrides)
+        self.tls = config.ssl_enabled
         sockets = Sockets([sock], [], []) if self.tls else Sockets([], [sock], [])
         self._thread = threading.Thread(
             target=self._run, args=(config, sockets), name=f"gateway:{self.port}", daemon=True
@@ -66,7 +69,7 @@ class LiveServer:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            self.gateway = Gateway(self.settings)
+            self.gateway = build_gateway(self.settings, config)
             started = asyncio.Event()
             self.gateway.http.before_serving(_set(started))
             task = asyncio.create_task(

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypercorn.config import Config
 
 from gateway.tls import TlsFiles, TlsReloader
-from tests.unit.tls.support import Issuer, Pair, make_ca
+from tests.support.tls import Issuer, Pair, make_ca
 
 # Fast watcher settings: a 10 ms quiet step gives ~20 ms reloads (docs/tls-reload.md, Q3).
 FAST = {"step_ms": 10, "debounce_ms": 200, "settle_seconds": 0.3}

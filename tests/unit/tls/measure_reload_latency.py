@@ -36,7 +36,7 @@ from cryptography import x509
 from hypercorn.config import Config
 
 from gateway.tls import TlsFiles, TlsReloader
-from tests.unit.tls.support import echo_server, make_ca, write_atomic
+from tests.support.tls import echo_server, make_ca, write_atomic
 
 
 class Server:

@@ -21,7 +21,7 @@ from gateway.tls import (
     validate,
 )
 from gateway.tls import context as context_module
-from tests.unit.tls.support import Issuer, Pair, client_context, connect, echo_server
+from tests.support.tls import Issuer, Pair, client_context, connect, echo_server
 
 
 def _material(files: TlsFiles) -> ValidatedMaterial:

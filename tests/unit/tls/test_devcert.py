@@ -20,7 +20,7 @@ from gateway.tls import (
     read_material,
     validate,
 )
-from tests.unit.tls.support import client_context, connect, echo_server
+from tests.support.tls import client_context, connect, echo_server
 
 
 def _cert(path: str) -> x509.Certificate:

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from gateway.tls import InspectError, inspect_files
-from tests.unit.tls.support import Issuer, key_pem, pem
+from tests.support.tls import Issuer, key_pem, pem
 
 NOW = datetime(2030, 6, 1, tzinfo=UTC)
 

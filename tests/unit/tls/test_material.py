@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from gateway.tls import InvalidMaterial, TlsFiles, read_material, validate
 from gateway.tls.material import CertInfo
-from tests.unit.tls.support import Issuer, Pair, key_pem, make_ca, pem
+from tests.support.tls import Issuer, Pair, key_pem, make_ca, pem
 
 NOW = datetime.now(UTC)
 

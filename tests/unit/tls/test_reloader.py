@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypercorn.config import Config
 
 from gateway.tls import CertInfo, InvalidMaterial, TlsFiles, TlsReloader
-from tests.unit.tls.support import (
+from tests.support.tls import (
     Issuer,
     Pair,
     SecretMount,

@@ -1,0 +1,55 @@
+"""Several worker processes on shared listening sockets.
+
+Hypercorn's own multi-worker ``run()`` restarts every worker on SIGHUP, dropping every open
+connection; our supervisor forwards SIGHUP to the workers instead, which reload their TLS
+material in place. SIGINT and SIGTERM are forwarded too, and the supervisor exits with the
+first non-zero worker status (0 when all stop cleanly).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+from multiprocessing.context import SpawnProcess
+from types import FrameType
+
+from ..settings import Settings
+from .config import GatewayConfig
+from .runner import run_worker
+
+log = logging.getLogger("wshub.supervisor")
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def supervise(config: GatewayConfig, settings: Settings) -> int:
+    sockets = config.create_sockets()
+    context = multiprocessing.get_context("spawn")
+    workers: list[SpawnProcess] = [
+        context.Process(target=run_worker, args=(config, settings, sockets), name=f"worker-{n}")
+        for n in range(config.workers)
+    ]
+    for worker in workers:
+        worker.start()
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+        sock.close()  # the workers hold their own copies
+
+    def forward(signum: int, _: FrameType | None) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signum)
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    status = 0
+    for worker in workers:
+        worker.join()
+        if worker.exitcode and not status:
+            status = worker.exitcode
+            log.error("%s exited with status %s; stopping the others", worker.name, status)
+            for other in workers:
+                if other.is_alive():
+                    other.terminate()
+    return status
