@@ -132,9 +132,11 @@ async def test_health_reports_the_served_certificate(server_factory, cert_dir) -
     import aiohttp
 
     server = server_factory(config=tls_config(cert_dir))
-    async with aiohttp.ClientSession() as session:
-        async with session.get(server.url + "/health", ssl=False) as response:
-            health = await response.json()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(server.url + "/health", ssl=False) as response,
+    ):
+        health = await response.json()
     assert health["tls"]["serial"] == "1001"
     assert 29 * 86400 < health["tls"]["secondsLeft"] <= 30 * 86400
     assert health["tls"]["notAfter"].endswith("Z")
@@ -183,7 +185,7 @@ async def test_mutual_tls_with_ca_removal(server_factory, tmp_path, ca) -> None:
     write_atomic(tmp_path / "clients.pem", ca_a.cert_pem)  # CA B removed
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5
-    while await accepted(from_b) and loop.time() < deadline:
+    while await accepted(from_b) and loop.time() < deadline:  # noqa: ASYNC110 - polls a server
         await asyncio.sleep(0.05)
     assert not await accepted(from_b)
     assert await accepted(from_a)
