@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -11,14 +12,14 @@ import socketio
 
 from .http.routes import create_http_app
 from .hub import Hub
+from .observability.metrics import Metrics, TlsReloadCollector
+from .protocol.close import CloseReason
 from .protocol.events import Outbound
 from .protocol.timestamps import iso_timestamp
-from .server.tls_noise import TlsNoise
 from .settings import Settings
 from .store.base import PresenceStore
 from .store.memory import MemoryStore
 from .tls import CertInfo, TlsReloader
-from .transport.delivery import SocketIODelivery
 from .transport.socketio_server import SocketTransport
 
 log = logging.getLogger("wshub.app")
@@ -26,6 +27,9 @@ log = logging.getLogger("wshub.app")
 CERTIFICATE_REFRESH_MESSAGE = (
     "Server SSL certificates have been updated. You may need to reconnect."
 )
+DRAIN_MESSAGE = "The server is shutting down; reconnect to another instance"
+# Disconnect batches of a drain are this far apart at least.
+_DRAIN_TICK_SECONDS = 0.1
 
 
 class Gateway:
@@ -40,12 +44,19 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.tls = tls
-        self.tls_noise: TlsNoise | None = None
+        self.metrics = Metrics()
         self.started = time.monotonic()
-        self.transport = SocketTransport(settings, time.monotonic)
+        self.draining = False
+        self.ops_port: int | None = None
+        self.transport = SocketTransport(settings, time.monotonic, self.metrics)
         self.sio = self.transport.sio
-        self.hub = Hub(settings, store or MemoryStore(), SocketIODelivery(self.sio))
-        self.transport.bind(self.hub)
+        self.hub = Hub(
+            settings,
+            store or MemoryStore(),
+            self.transport.delivery,
+            metrics=self.metrics,
+        )
+        self.transport.bind(self.hub, accepting=lambda: not self.draining)
         self.http = create_http_app(self, started=self.started)
         self._jobs: list[asyncio.Task[Any]] = []
         self.http.before_serving(self.start)
@@ -59,6 +70,8 @@ class Gateway:
         ]
         if self.tls is not None:
             self.tls.add_listener(self._certificate_reloaded)
+            self.metrics.add_collector(TlsReloadCollector(self.tls))
+            self._record_certificate(self.tls.info)
             await self.tls.start()
 
     async def stop(self) -> None:
@@ -69,6 +82,32 @@ class Gateway:
         await asyncio.gather(*self._jobs, return_exceptions=True)
         await self.hub.store.close()
 
+    async def drain(self) -> None:
+        """Disconnect every client, in batches spread over ``drain_window`` seconds.
+
+        Each client is told first (``system:disconnect`` reason ``server_shutdown``) so that
+        it reconnects, to another instance; spreading the closes spreads the reconnects.
+        """
+        self.draining = True
+        sids = list(self.transport.connections)
+        if not sids:
+            return
+        window = self.settings.drain_window
+        batches = max(1, min(len(sids), math.floor(window / _DRAIN_TICK_SECONDS)))
+        size = math.ceil(len(sids) / batches)
+        pause = window / batches
+        log.info("draining %d connections in %d batches over %.1f s", len(sids), batches, window)
+        for start in range(0, len(sids), size):
+            batch = sids[start : start + size]
+            await asyncio.gather(
+                *(
+                    self.hub.delivery.close(sid, CloseReason.SHUTDOWN, DRAIN_MESSAGE)
+                    for sid in batch
+                )
+            )
+            if start + size < len(sids):
+                await asyncio.sleep(pause)
+
     def reload_tls(self, trigger: str) -> None:
         """Reload the certificate material now (SIGHUP); a no-op without TLS."""
         if self.tls is not None:
@@ -76,12 +115,18 @@ class Gateway:
             self._jobs.append(task)
 
     async def _certificate_reloaded(self, info: CertInfo) -> None:
+        self._record_certificate(info)
         # Local only: every worker reloads on its own and tells its own clients, once.
         await self.hub.delivery.broadcast(
             Outbound.CERTIFICATE_REFRESH,
             {"message": CERTIFICATE_REFRESH_MESSAGE, "timestamp": iso_timestamp()},
             local_only=True,
         )
+
+    def _record_certificate(self, info: CertInfo) -> None:
+        self.metrics.tls_not_after.set(info.not_after.timestamp())
+        self.metrics.tls_serial.clear()
+        self.metrics.tls_serial.labels(serial=info.serial_hex).set(1)
 
 
 def create_app(settings: Settings | None = None) -> Any:

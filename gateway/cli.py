@@ -26,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .observability.logs import configure as configure_logging
     from .server.config import load_config
     from .server.runner import run_worker
     from .server.supervisor import supervise
@@ -55,9 +56,9 @@ def _serve(args: argparse.Namespace) -> int:
         from datetime import UTC, datetime
 
         validate(read_material(files), datetime.now(UTC))  # refuse to start on bad material
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
+    # A Logger object (not "-") keeps Hypercorn from adding a handler of its own.
+    config.errorlog = logging.getLogger("hypercorn.error")
     if config.workers > 1:
         return supervise(config, settings)
     run_worker(config, settings)

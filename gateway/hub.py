@@ -14,13 +14,14 @@ from typing import Any
 
 from .auth.expiry import SessionExpiry
 from .auth.tokens import AuthError, Identity, TokenVerifier, bearer_token
+from .observability.metrics import Metrics
 from .pipeline.chain import build_chain
 from .pipeline.context import EventContext, RateClass, Route
 from .pipeline.permissions import Permissions
 from .pipeline.ratelimit import RateLimit, RatePolicy
 from .pipeline.size import SizeLimit
 from .pipeline.validation import ValidateSchema
-from .protocol.errors import GatewayError, Reply
+from .protocol.errors import ErrorCode, GatewayError, Reply
 from .protocol.events import Inbound, Outbound
 from .protocol.inbound import Limits
 from .protocol.timestamps import iso_timestamp
@@ -33,11 +34,13 @@ from .services.stats import StatsService
 from .services.system import SystemService
 from .services.typing import TypingService
 from .settings import Settings
-from .store.base import PresenceStore, UsernameTaken
+from .store.base import PresenceStore, StoreUnavailable, UsernameTaken
 
 log = logging.getLogger("wshub.hub")
 
+# Beyond the seven codes of the contract: failures that are the server's, not the client's.
 INTERNAL_ERROR = "INTERNAL_ERROR"
+UNAVAILABLE = "UNAVAILABLE"
 
 
 class Refused(Exception):
@@ -51,12 +54,14 @@ class Hub:
         store: PresenceStore,
         delivery: Delivery,
         *,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.store = store
         self.delivery = delivery
+        self.metrics = metrics or Metrics()
         self.presence = PresenceService(
             store, delivery, max_metadata_bytes=settings.max_metadata_bytes
         )
@@ -71,6 +76,8 @@ class Hub:
             timeout=settings.heartbeat_timeout,
             warn_after=settings.heartbeat_warn_after,
             max_missed=settings.heartbeat_max_missed,
+            on_warning=lambda sid, missed: self.metrics.heartbeat_warnings.inc(),
+            on_timeout=lambda sid: self.metrics.heartbeat_timeouts.inc(),
         )
         self.stats = StatsService(store, delivery, interval=settings.stats_interval)
         self.system = SystemService(settings)
@@ -153,28 +160,56 @@ class Hub:
         The reply (or the failure reply and ``system:error``) goes to the client as events
         too, so clients that do not ask for acks see the same answers.
         """
-        ctx = EventContext(sid, event, args, size, self.routes.get(event), identity=identity)
+        route = self.routes.get(event)
+        ctx = EventContext(sid, event, args, size, route, identity=identity)
+        label = event if route is not None else "unknown"
+        started = time.perf_counter()
         try:
             reply = await self._pipeline(ctx)
         except GatewayError as err:
-            log.info("rejected %s from %s: %s %s", event, sid, err.code.value, err.message)
-            if err.reply is not None:
-                await self.delivery.send(sid, err.reply.event, err.reply.payload)
-            await self.delivery.send(sid, Outbound.ERROR, err.payload())
-            if err.close is not None:
-                await self.delivery.close(sid, err.close, err.message)
-            return err.reply.payload if err.reply is not None else err.payload()
+            self._count(label, err.code.value, started)
+            return await self._reject(sid, event, err)
+        except StoreUnavailable as exc:
+            self.metrics.store_errors.inc()
+            self._count(label, UNAVAILABLE, started)
+            log.warning("%s failed: presence store unavailable: %s", event, exc)
+            failure = {"code": UNAVAILABLE, "message": "The service is briefly unavailable; retry"}
+            await self._send_error(sid, failure)
+            return failure
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("event %s from %s failed", event, sid)
+            self._count(label, INTERNAL_ERROR, started)
+            log.exception("event %s failed", event)
             failure = {"code": INTERNAL_ERROR, "message": f"{event} failed on the server"}
-            await self.delivery.send(sid, Outbound.ERROR, failure)
+            await self._send_error(sid, failure)
             return failure
+        self._count(label, "ok", started)
         if reply is None:
             return {"success": True}
         await self.delivery.send(sid, reply.event, reply.payload)
         return reply.payload
+
+    async def _reject(self, sid: str, event: str, err: GatewayError) -> Any:
+        log.info("rejected %s: %s %s", event, err.code.value, err.message)
+        if err.code is ErrorCode.RATE_LIMIT:
+            self.metrics.rate_limited.inc()
+        elif err.code is ErrorCode.PAYLOAD_TOO_LARGE:
+            self.metrics.oversize.inc()
+        if err.reply is not None:
+            await self.delivery.send(sid, err.reply.event, err.reply.payload)
+        await self._send_error(sid, err.payload())
+        if err.close is not None:
+            await self.delivery.close(sid, err.close, err.message)
+        return err.reply.payload if err.reply is not None else err.payload()
+
+    async def _send_error(self, sid: str, payload: dict[str, Any]) -> None:
+        self.metrics.errors.labels(payload["code"]).inc()
+        await self.delivery.send(sid, Outbound.ERROR, payload)
+
+    def _count(self, event: str, outcome: str, started: float) -> None:
+        self.metrics.events.labels(event, outcome).inc()
+        self.metrics.latency.labels(event).observe(time.perf_counter() - started)
 
     def _routes(self) -> dict[str, Route]:
         from .protocol.inbound import MODELS

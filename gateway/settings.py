@@ -117,8 +117,19 @@ class Settings(BaseSettings):
     engineio_ping_interval: float = Field(25.0, gt=0, le=3_600)
     engineio_ping_timeout: float = Field(20.0, gt=0, le=3_600)
 
+    # -- operations
+    # Internal HOST:PORT for /health, /ready and /metrics; when set, the public binds do not
+    # serve them, and it stays open while the worker drains.
+    ops_bind: str | None = None
+    # On SIGTERM, clients are disconnected in batches spread over this many seconds, so they
+    # do not all reconnect elsewhere at the same instant.
+    drain_window: float = Field(10.0, ge=0, le=3_600)
+
     # -- logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    # Message bodies stay out of the logs unless this is on (debugging only).
+    log_bodies: bool = False
 
     @field_validator("cors_origins", "trusted_proxies", "auth_jwt_algorithms", mode="before")
     @classmethod

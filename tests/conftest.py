@@ -18,6 +18,7 @@ def server_factory() -> Iterator[ServerFactory]:
     started: list[LiveServer] = []
 
     def start(*, config: dict[str, Any] | None = None, **settings: Any) -> LiveServer:
+        settings.setdefault("drain_window", 0.2)
         server = LiveServer(Settings.load(**settings), config_overrides=config or {})
         started.append(server.start())
         return server

@@ -1,4 +1,7 @@
-"""``/`` and ``/health``."""
+"""``/`` for people; ``/health``, ``/ready`` and ``/metrics`` for orchestrators and Prometheus.
+
+With ``ops_bind`` set, the three operational routes answer only on that internal port.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +10,29 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from quart import Quart, Response
+from quart import Quart, Response, abort, request
 
 from ..protocol.timestamps import iso_timestamp
+from ..store.base import StoreUnavailable
 
 if TYPE_CHECKING:
     from ..app import Gateway
+
+OPS_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 
 
 def create_http_app(gateway: Gateway, *, started: float) -> Quart:
     app = Quart("gateway")
     hub = gateway.hub
     settings = hub.settings
+
+    @app.before_request
+    async def ops_only_on_ops_port() -> None:
+        if gateway.ops_port is None or request.path not in OPS_ROUTES:
+            return
+        server = request.scope.get("server") or (None, None)
+        if server[1] != gateway.ops_port:
+            abort(404)
 
     @app.get("/")
     async def index() -> Response:
@@ -36,22 +50,41 @@ def create_http_app(gateway: Gateway, *, started: float) -> Quart:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        counts = await hub.store.counts()
+        """Liveness: the process serves. Deliberately no dependency checks here."""
         body: dict[str, Any] = {
-            "status": "ok",
+            "status": "draining" if gateway.draining else "ok",
             "uptime": round(time.monotonic() - started, 3),
-            "activeConnections": counts.active,
+            "activeConnections": len(gateway.transport.connections),
         }
         if gateway.tls is not None:
             info = gateway.tls.info
-            now = datetime.now(UTC)
             body["tls"] = {
                 "serial": info.serial_hex,
                 "notAfter": iso_timestamp(info.not_after),
-                "secondsLeft": round(info.seconds_left(now)),
+                "secondsLeft": round(info.seconds_left(datetime.now(UTC))),
                 "subject": info.subject,
                 "reloads": {"ok": gateway.tls.reloads_ok, "rejected": gateway.tls.reloads_rejected},
             }
         return body
+
+    @app.get("/ready")
+    async def ready() -> tuple[dict[str, Any], int]:
+        """Readiness: 503 with the reasons while this worker should get no new clients."""
+        reasons: list[str] = []
+        if gateway.draining:
+            reasons.append("draining")
+        try:
+            await hub.store.ping()
+        except StoreUnavailable as exc:
+            reasons.append(f"presence store unreachable: {exc}")
+        if gateway.tls is not None and not gateway.tls.running:
+            reasons.append("TLS certificate watcher not running")
+        if reasons:
+            return {"ready": False, "reasons": reasons}, 503
+        return {"ready": True, "reasons": []}, 200
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(gateway.metrics.render(), content_type=gateway.metrics.content_type)
 
     return app

@@ -1,21 +1,30 @@
-"""One worker: the gateway app under Hypercorn's asyncio worker, on uvloop where available."""
+"""One worker: the gateway under Hypercorn's protocol servers, on uvloop where available.
+
+We run Hypercorn's ``TCPServer`` ourselves rather than ``worker_serve`` for the shutdown: on
+SIGTERM the public listeners stop accepting first, the gateway drains its clients in batches
+(``Gateway.drain``), and only then do the remaining connections get ``graceful_timeout`` to
+finish. Hypercorn's own shutdown would wait on open WebSockets instead (Hypercorn issue 308).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 
-from hypercorn.asyncio.run import worker_serve
-from hypercorn.config import Sockets
-from hypercorn.utils import wrap_app
+from hypercorn.asyncio.lifespan import Lifespan
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.worker_context import WorkerContext
+from hypercorn.utils import repr_socket_addr, wrap_app
 
 from ..app import Gateway
 from ..settings import Settings
 from ..tls import TlsReloader
 from . import websocket
 from .config import GatewayConfig
+from .listeners import Listeners, create_listeners
 from .tls_noise import TlsNoise
 
 log = logging.getLogger("wshub.server")
@@ -44,18 +53,17 @@ def build_gateway(settings: Settings, config: GatewayConfig) -> Gateway:
 async def serve(
     gateway: Gateway,
     config: GatewayConfig,
+    listeners: Listeners,
     *,
-    sockets: Sockets | None = None,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
-    """Serve *gateway* until *shutdown_trigger* returns (default: SIGINT or SIGTERM).
+    """Serve until *shutdown_trigger* returns (default: SIGINT or SIGTERM), then drain.
 
     With the default trigger, SIGHUP reloads the TLS material in place. (Hypercorn's own
     SIGHUP restarts its workers, which would drop every connection.)
     """
     loop = asyncio.get_running_loop()
-    noise = TlsNoise()
-    gateway.tls_noise = noise
+    noise = TlsNoise(gateway.metrics)
     loop.set_exception_handler(noise.exception_handler)
     if shutdown_trigger is None:
         stop = asyncio.Event()
@@ -66,15 +74,67 @@ async def serve(
     settings = gateway.settings
     config.websocket_max_message_size = settings.max_frame_bytes
     websocket.install(allow_deflate=settings.websocket_deflate, max_size=settings.max_frame_bytes)
+    gateway.ops_port = listeners.ops_port
     app = wrap_app(gateway.asgi, config.wsgi_max_body_size, "asgi")
-    await worker_serve(app, config, sockets=sockets, shutdown_trigger=shutdown_trigger)
+
+    state: dict[str, object] = {}
+    lifespan = Lifespan(app, config, loop, state)
+    lifespan_task = loop.create_task(lifespan.handle_lifespan())
+    await lifespan.wait_for_startup()
+    if lifespan_task.done() and (error := lifespan_task.exception()) is not None:
+        raise error
+
+    context = WorkerContext(None)
+    connections: set[asyncio.Task[None]] = set()
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connections.add(task)
+        task.add_done_callback(connections.discard)
+        await TCPServer(app, loop, config, context, state, reader, writer)
+
+    async def listen(sock: socket.socket, tls: bool) -> asyncio.Server:
+        server = await asyncio.start_server(
+            on_connection,
+            sock=sock,
+            backlog=config.backlog,
+            ssl=config.create_ssl_context() if tls else None,
+            ssl_handshake_timeout=config.ssl_handshake_timeout if tls else None,
+        )
+        name = repr_socket_addr(server.sockets[0].family, server.sockets[0].getsockname())
+        log.info("serving on %s://%s", "https" if tls else "http", name)
+        return server
+
+    public = [await listen(s, True) for s in listeners.public.secure_sockets]
+    public += [await listen(s, False) for s in listeners.public.insecure_sockets]
+    ops = [await listen(s, False) for s in listeners.ops]
+    try:
+        await shutdown_trigger()
+    finally:
+        for server in public:
+            server.close()  # stop accepting first: load balancers see it at once
+        await gateway.drain()
+        await context.terminated.set()  # idle keep-alive connections close now
+        for server in ops:
+            server.close()
+        if connections:
+            await asyncio.wait(connections, timeout=config.graceful_timeout)
+        for task in connections:
+            task.cancel()
+        await lifespan.wait_for_shutdown()
+        lifespan_task.cancel()
+        await asyncio.gather(lifespan_task, return_exceptions=True)
 
 
-def run_worker(config: GatewayConfig, settings: Settings, sockets: Sockets | None = None) -> None:
+def run_worker(
+    config: GatewayConfig, settings: Settings, listeners: Listeners | None = None
+) -> None:
     """Blocking entry point of one worker process."""
     gateway = build_gateway(settings, config)
-    runner = _event_loop_runner()
-    runner(serve(gateway, config, sockets=sockets))
+    if listeners is None:
+        listeners = create_listeners(config, settings.ops_bind)
+    _event_loop_runner()(serve(gateway, config, listeners))
 
 
 def _event_loop_runner() -> Callable[[Awaitable[None]], None]:

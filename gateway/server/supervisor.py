@@ -12,11 +12,14 @@ import logging
 import multiprocessing
 import os
 import signal
+import tempfile
 from multiprocessing.context import SpawnProcess
 from types import FrameType
 
+from ..observability.metrics import MULTIPROC_ENV
 from ..settings import Settings
 from .config import GatewayConfig
+from .listeners import create_listeners
 from .runner import run_worker
 
 log = logging.getLogger("wshub.supervisor")
@@ -25,15 +28,22 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def supervise(config: GatewayConfig, settings: Settings) -> int:
-    sockets = config.create_sockets()
+    listeners = create_listeners(config, settings.ops_bind)
+    # Each worker writes its metric samples here; any worker's /metrics sums them all.
+    metrics_dir = tempfile.TemporaryDirectory(prefix="wshub-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir.name
     context = multiprocessing.get_context("spawn")
     workers: list[SpawnProcess] = [
-        context.Process(target=run_worker, args=(config, settings, sockets), name=f"worker-{n}")
+        context.Process(target=run_worker, args=(config, settings, listeners), name=f"worker-{n}")
         for n in range(config.workers)
     ]
     for worker in workers:
         worker.start()
-    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+    for sock in (
+        *listeners.public.secure_sockets,
+        *listeners.public.insecure_sockets,
+        *listeners.ops,
+    ):
         sock.close()  # the workers hold their own copies
 
     def forward(signum: int, _: FrameType | None) -> None:
@@ -52,4 +62,5 @@ def supervise(config: GatewayConfig, settings: Settings) -> int:
             for other in workers:
                 if other.is_alive():
                     other.terminate()
+    metrics_dir.cleanup()
     return status

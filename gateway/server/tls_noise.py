@@ -14,13 +14,16 @@ import ssl
 from collections import Counter
 from typing import Any
 
+from ..observability.metrics import Metrics
+
 log = logging.getLogger("wshub.tls")
 
 _NOISE = (ssl.SSLError, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
 class TlsNoise:
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics) -> None:
+        self._errors = metrics.tls_errors
         self.counts: Counter[str] = Counter()
 
     def exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -28,6 +31,7 @@ class TlsNoise:
         if isinstance(exc, _NOISE):
             kind = getattr(exc, "reason", None) or type(exc).__name__
             self.counts[str(kind)] += 1
+            self._errors.labels(str(kind)).inc()
             peer = _peer(context)
             log.info("connection error from %s: %s (%s so far)", peer, kind, self.counts[kind])
             return

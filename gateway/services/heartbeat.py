@@ -93,12 +93,14 @@ class HeartbeatService:
         max_missed: int,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         on_warning: Callable[[str, int], None] | None = None,
+        on_timeout: Callable[[str], None] | None = None,
     ) -> None:
         self._delivery = delivery
         self._interval = interval
         self._timeout = timeout
         self._new_id = new_id
         self._on_warning = on_warning
+        self._on_timeout = on_timeout
         self.book = HeartbeatBook(warn_after=warn_after, max_missed=max_missed)
 
     def connected(self, sid: str) -> None:
@@ -141,6 +143,8 @@ class HeartbeatService:
                 },
             )
         for sid in result.timed_out:
+            if self._on_timeout is not None:
+                self._on_timeout(sid)
             await self._delivery.close(
                 sid,
                 CloseReason.HEARTBEAT_TIMEOUT,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ..protocol.codec import encoded_size
@@ -12,6 +13,8 @@ from ..protocol.outbound import ClientEntry
 from ..protocol.timestamps import iso_timestamp
 from ..store.base import Presence, PresenceStore, UsernameTaken
 from .ports import Delivery
+
+log = logging.getLogger("wshub.presence")
 
 USERNAME_TAKEN = "Username already taken"
 
@@ -59,6 +62,8 @@ class PresenceService:
                 f"Username {username!r} is already taken",
                 reply=_data_set_failure(USERNAME_TAKEN),
             ) from None
+        if updated.username != current.username:
+            log.info("username claimed: %s", updated.username)
         await self._announce_follows(current, updated)
         return Reply(
             Outbound.DATA_SET,

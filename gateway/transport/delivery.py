@@ -7,6 +7,7 @@ from typing import Any
 
 import socketio
 
+from ..observability.metrics import Metrics
 from ..protocol.close import RECONNECT_ADVICE, CloseReason
 from ..protocol.events import Outbound
 from ..protocol.timestamps import iso_timestamp
@@ -15,28 +16,35 @@ NAMESPACE = "/"
 
 
 class SocketIODelivery:
-    def __init__(self, sio: socketio.AsyncServer) -> None:
+    def __init__(self, sio: socketio.AsyncServer, metrics: Metrics) -> None:
         self._sio = sio
+        self._delivered = metrics.delivered
+        self.close_reasons: dict[str, CloseReason] = {}
+        """Why the server is closing a connection, until its disconnect handler reads it."""
 
     async def send(self, sid: str, event: str, payload: Mapping[str, Any]) -> None:
         await self._sio.emit(event, payload, to=sid, namespace=NAMESPACE)
+        self._delivered.labels(event).inc()
 
     async def send_many(
         self, sids: Collection[str], event: str, payload: Mapping[str, Any]
     ) -> None:
         if sids:
             await self._sio.emit(event, payload, to=list(sids), namespace=NAMESPACE)
+            self._delivered.labels(event).inc(len(sids))
 
     async def broadcast(
         self, event: str, payload: Mapping[str, Any], *, local_only: bool = False
     ) -> None:
+        local = [sid for sid, _ in self._sio.manager.get_participants(NAMESPACE, None)]
         if local_only:
-            sids = [sid for sid, _ in self._sio.manager.get_participants(NAMESPACE, None)]
-            await self.send_many(sids, event, payload)
+            await self.send_many(local, event, payload)
         else:
             await self._sio.emit(event, payload, namespace=NAMESPACE)
+            self._delivered.labels(event).inc(len(local))
 
     async def close(self, sid: str, reason: CloseReason, message: str) -> None:
+        self.close_reasons[sid] = reason
         await self.send(sid, Outbound.DISCONNECT_NOTICE, disconnect_notice(reason, message))
         await self._sio.disconnect(sid, namespace=NAMESPACE)
 

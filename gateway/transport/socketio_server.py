@@ -22,20 +22,22 @@ import contextvars
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import engineio
 import socketio
 
 from ..auth.tokens import AuthError, Identity
 from ..hub import Hub, Refused
+from ..observability.logs import connection_id
+from ..observability.metrics import Metrics
 from ..protocol import codec
 from ..protocol.close import CloseReason
 from ..protocol.errors import ErrorCode
 from ..protocol.events import Outbound
 from ..settings import Settings
 from .admission import Admission, AdmissionPolicy, client_address
-from .delivery import NAMESPACE
+from .delivery import NAMESPACE, SocketIODelivery
 
 log = logging.getLogger("wshub.transport")
 
@@ -70,6 +72,7 @@ class BoundedEngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
 
     max_queue = 1_000
     on_slow_consumer: Callable[[str], None] | None = None
+    """Called with the Engine.IO session id of a client about to be dropped."""
 
     async def send_packet(self, sid: str, pkt: Any) -> None:
         socket = self.sockets.get(sid)
@@ -144,7 +147,7 @@ class GatewaySocketServer(socketio.AsyncServer):  # type: ignore[misc]
 class SocketTransport:
     """Binds a :class:`GatewaySocketServer` to a :class:`Hub`."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float]) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float], metrics: Metrics) -> None:
         origins = settings.cors_origins
         self.sio = GatewaySocketServer(
             async_mode="asgi",
@@ -158,6 +161,8 @@ class SocketTransport:
             engineio_logger=False,
         )
         self.sio.eio.max_queue = settings.max_outbound_queue
+        self.sio.eio.on_slow_consumer = self._slow_consumer
+        self.metrics = metrics
         self.connections: dict[str, Connection] = {}
         self.admission = Admission(
             AdmissionPolicy(
@@ -169,10 +174,16 @@ class SocketTransport:
             clock,
         )
         self._trusted_proxies = settings.trusted_proxies
+        self._log_bodies = settings.log_bodies
         self._hub: Hub | None = None
+        self.delivery = SocketIODelivery(self.sio, metrics)
+        self._close_reasons = self.delivery.close_reasons
+        self._accepting: Callable[[], bool] = lambda: True
 
-    def bind(self, hub: Hub) -> None:
+    def bind(self, hub: Hub, *, accepting: Callable[[], bool] = lambda: True) -> None:
+        """Route events to *hub*; *accepting* says whether new connections are welcome."""
         self._hub = hub
+        self._accepting = accepting
         self.sio.on("connect", self._on_connect, namespace=NAMESPACE)
         self.sio.on("disconnect", self._on_disconnect, namespace=NAMESPACE)
         self.sio.on("*", self._on_event, namespace=NAMESPACE)
@@ -193,37 +204,59 @@ class SocketTransport:
         scope = environ.get("asgi.scope", {})
         peer = str(environ.get("REMOTE_ADDR") or (scope.get("client") or ("unknown",))[0])
         address = client_address(peer, environ.get("HTTP_X_FORWARDED_FOR"), self._trusted_proxies)
+        connection_id.set(sid)
+        if not self._accepting():
+            self._refuse(address, "shutting_down", "the server is shutting down")
         refusal = self.admission.admit(address)
         if refusal is not None:
-            log.info("refused connection from %s: %s", address, refusal)
-            raise socketio.exceptions.ConnectionRefusedError(refusal, {"code": "RATE_LIMIT"})
+            self._refuse(address, "limits", refusal, ErrorCode.RATE_LIMIT)
         try:
             identity = self.hub.authenticate(auth, _headers(environ))
             await self.hub.admit(sid, identity)
         except AuthError as exc:
             self.admission.release(address)
-            log.info("refused connection from %s: %s", address, exc)
-            raise socketio.exceptions.ConnectionRefusedError(
-                f"authentication failed: {exc}", {"code": ErrorCode.FORBIDDEN.value}
-            ) from None
+            self._refuse(address, "auth", f"authentication failed: {exc}", ErrorCode.FORBIDDEN)
         except Refused as exc:
             self.admission.release(address)
-            raise socketio.exceptions.ConnectionRefusedError(
-                str(exc), {"code": ErrorCode.DUPLICATE_USERNAME.value}
-            ) from None
+            self._refuse(address, "duplicate_user", str(exc), ErrorCode.DUPLICATE_USERNAME)
         self.connections[sid] = Connection(sid, address, identity)
+        self.metrics.connections_opened.inc()
+        self.metrics.connections_active.inc()
+        log.info("connected from %s via %s", address, self.transport_of(sid))
         return True
 
+    def _refuse(
+        self, address: str, kind: str, message: str, code: ErrorCode | None = None
+    ) -> NoReturn:
+        self.metrics.connections_refused.labels(kind).inc()
+        log.info("refused connection from %s: %s", address, message)
+        data = {"code": code.value} if code is not None else {}
+        raise socketio.exceptions.ConnectionRefusedError(message, data)
+
     async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
+        connection_id.set(sid)
         connection = self.connections.pop(sid, None)
+        ours = self._close_reasons.pop(sid, None)
+        label = ours.value if ours is not None else str(reason or "unknown").replace(" ", "_")
         if connection is not None:
             self.admission.release(connection.address)
+            self.metrics.connections_active.dec()
+            self.metrics.connections_closed.labels(label).inc()
+        log.info("disconnected: %s", label)
         await self.hub.disconnected(sid)
 
     async def _on_event(self, event: Any, sid: str, *args: Any) -> Any:
+        connection_id.set(sid)
+        if self._log_bodies:
+            log.debug("event %s: %r", event, args)
         connection = self.connections.get(sid)
         identity = connection.identity if connection is not None else None
         return await self.hub.handle(sid, str(event), args, _packet_size.get(), identity)
+
+    def _slow_consumer(self, eio_sid: str) -> None:
+        sid = self.sio.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+        if sid is not None:
+            self._close_reasons[sid] = CloseReason.SLOW_CONSUMER
 
 
 def _headers(environ: dict[str, Any]) -> dict[str, str]:

@@ -71,7 +71,7 @@ def fuzz_target() -> Iterator[tuple[asyncio.AbstractEventLoop, Client, Client]]:
 
 
 @settings(
-    max_examples=300,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

@@ -54,7 +54,7 @@ class GatewayProcess:
     def start(self, timeout: float = 15, health_scheme: str = "http") -> GatewayProcess:
         if not self.port:
             self.port = free_port()
-        env = {**os.environ, "WSHUB_LOG_LEVEL": "WARNING", **self.env}
+        env = {**os.environ, "WSHUB_LOG_LEVEL": "WARNING", "WSHUB_DRAIN_WINDOW": "0.5", **self.env}
         argv = [sys.executable, "-m", "gateway", "serve", *self.args]
         if not any(a.startswith("--config") for a in self.args) and "--bind" not in self.args:
             argv += ["--bind", f"127.0.0.1:{self.port}"]

@@ -17,6 +17,7 @@ from hypercorn.config import Sockets
 
 from gateway.app import Gateway
 from gateway.server.config import GatewayConfig, load_config
+from gateway.server.listeners import Listeners
 from gateway.server.runner import build_gateway, serve
 from gateway.settings import Settings
 
@@ -73,7 +74,7 @@ class LiveServer:
             started = asyncio.Event()
             self.gateway.http.before_serving(_set(started))
             task = asyncio.create_task(
-                serve(self.gateway, config, sockets=sockets, shutdown_trigger=self._stop.wait)
+                serve(self.gateway, config, Listeners(sockets), shutdown_trigger=self._stop.wait)
             )
             waiter = asyncio.create_task(started.wait())
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)

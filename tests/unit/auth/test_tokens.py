@@ -1,4 +1,5 @@
 import time
+from collections.abc import Callable
 
 import jwt
 import pytest

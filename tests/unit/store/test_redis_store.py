@@ -1,0 +1,458 @@
+"""The Redis presence store against a real Redis: one node, several nodes, dead nodes, outages.
+
+Every test works under its own key prefix and deletes it afterwards, so tests never see each
+other's keys and the Redis can be shared. ``WSHUB_TEST_REDIS_URL`` points them elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from uuid import uuid4
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.store.base import StoreUnavailable, UsernameTaken
+from gateway.store.redis import RedisStore
+
+REDIS_URL = os.environ.get("WSHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+LEASE = 1.0
+# A dead node's lease runs out within LEASE, and a reaper passes within LEASE / 3 after that.
+REAP_BOUND = LEASE + LEASE / 3
+T0 = "2026-01-01T00:00:00.000Z"
+T1 = "2026-01-01T00:00:01.000Z"
+
+StoreFactory = Callable[..., Awaitable[RedisStore]]
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        await client.ping()
+    except (OSError, aioredis.ConnectionError) as exc:
+        await client.aclose()
+        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def prefix(redis: aioredis.Redis) -> AsyncIterator[str]:
+    prefix = f"wshub-test:{uuid4().hex}:"
+    yield prefix
+    await wipe(redis, prefix)
+
+
+@pytest.fixture
+async def make_store(prefix: str) -> AsyncIterator[StoreFactory]:
+    """``await make_store("n1")``: a started node under the test's prefix, closed afterwards."""
+    stores: list[RedisStore] = []
+
+    async def make(node_id: str, *, url: str = REDIS_URL, **kw: Any) -> RedisStore:
+        store = RedisStore(url, node_id=node_id, prefix=prefix, lease_seconds=LEASE, **kw)
+        stores.append(store)
+        await store.start()
+        return store
+
+    yield make
+    for store in stores:
+        await store.close()
+
+
+async def wipe(redis: aioredis.Redis, prefix: str) -> None:
+    """Delete every key under *prefix*: what a Redis restarted without persistence looks like."""
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
+    if keys:
+        await redis.delete(*keys)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float) -> float:
+    """Poll *check* until it holds; the seconds it took."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"still false after {timeout} s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+# -- what MemoryStore does, for one node ----------------------------------------------------
+
+
+async def test_usernames_are_unique_and_released(make_store: StoreFactory) -> None:
+    store = await make_store("n1")
+    await store.connect("a", T0)
+    await store.connect("b", T0)
+    await store.save("a", "alice", {})
+    with pytest.raises(UsernameTaken):
+        await store.save("b", "alice", {})
+    await store.disconnect("a")
+    await store.save("b", "alice", {})
+    assert await store.sid_of("alice") == "b"
+
+
+async def test_follower_index_follows_updates_and_disconnects(make_store: StoreFactory) -> None:
+    store = await make_store("n1")
+    for sid in ("a", "b"):
+        await store.connect(sid, T0)
+    await store.save("a", "alice", {"following": ["bob", "carol"]})
+    assert await store.followers_of("bob") == ["a"]
+    await store.save("a", "alice", {"following": ["carol"]})
+    assert await store.followers_of("bob") == []
+    await store.disconnect("a")
+    assert await store.followers_of("carol") == []
+
+
+async def test_counts_keep_the_total(make_store: StoreFactory) -> None:
+    store = await make_store("n1")
+    await store.connect("a", T0)
+    await store.connect("b", T0)
+    await store.disconnect("a")
+    counts = await store.counts()
+    assert (counts.active, counts.total) == (1, 2)
+
+
+async def test_presence_snapshots_and_renames(make_store: StoreFactory) -> None:
+    store = await make_store("n1")
+    await store.connect("a", T0)
+    assert await store.get("a") == await store.get("a")
+    fresh = await store.get("a")
+    assert fresh is not None and (fresh.username, dict(fresh.metadata)) == (None, {})
+
+    metadata = {"following": ["bob", "bob", 7], "profile": {"age": 3}, "status": "busy"}
+    saved = await store.save("a", "alice", metadata)
+    metadata["status"] = "changed by the caller afterwards"
+    assert saved.connect_time == T0 and saved.metadata["status"] == "busy"
+    got = await store.get("a")
+    assert got is not None and got == saved and got.metadata is not saved.metadata
+    assert got.following == ["bob", "bob", 7] and got.profile == {"age": 3}
+    assert await store.followers_of("bob") == ["a"]
+
+    await store.save("a", "alice", {})  # its own name again
+    await store.save("a", "alicia", {})
+    assert (await store.sid_of("alice"), await store.sid_of("alicia")) == (None, "a")
+    await store.save("a", None, {})
+    assert await store.sid_of("alicia") is None
+
+    with pytest.raises(KeyError):
+        await store.save("nobody", "nemo", {})
+    assert await store.sid_of("nemo") is None
+
+    gone = await store.disconnect("a")
+    assert gone is not None and gone.connect_time == T0 and gone.username is None
+    assert await store.get("a") is None
+    assert await store.disconnect("a") is None
+    assert await store.clients() == []
+
+
+async def test_a_refused_claim_changes_nothing(make_store: StoreFactory) -> None:
+    store = await make_store("n1")
+    await store.connect("a", T0)
+    await store.connect("b", T1)
+    await store.save("a", "alice", {})
+    await store.save("b", "bob", {"following": ["carol"], "status": "here"})
+    with pytest.raises(UsernameTaken):
+        await store.save("b", "alice", {"following": ["dave"]})
+    b = await store.get("b")
+    assert b is not None and (b.username, b.metadata["status"]) == ("bob", "here")
+    assert await store.sid_of("bob") == "b"
+    assert (await store.followers_of("carol"), await store.followers_of("dave")) == (["b"], [])
+
+
+# -- several nodes on one Redis -------------------------------------------------------------
+
+
+async def test_nodes_share_names_followers_clients_and_counts(make_store: StoreFactory) -> None:
+    n1, n2 = await make_store("n1"), await make_store("n2")
+    await n1.connect("a", T0)
+    await n2.connect("b", T1)
+    await n2.connect("c", T1)
+    await n1.save("a", "alice", {"following": ["bob"], "profile": {"x": 1}})
+    with pytest.raises(UsernameTaken):
+        await n2.save("b", "alice", {})
+    await n2.save("b", "bob", {"following": ["alice"]})
+    await n2.save("c", "carol", {"following": ["bob"]})
+
+    assert await n2.sid_of("alice") == "a"
+    assert sorted(await n1.followers_of("bob")) == ["a", "c"]
+    assert await n1.followers_of("alice") == ["b"]
+    for node in (n1, n2):
+        clients = await node.clients()
+        assert [(p.sid, p.username) for p in clients] == [
+            ("a", "alice"),
+            ("b", "bob"),
+            ("c", "carol"),
+        ]
+        assert clients[0].profile == {"x": 1}
+        counts = await node.counts()
+        assert (counts.active, counts.total) == (3, 3)
+
+    gone = await n2.disconnect("a")  # any node may drop any connection
+    assert gone is not None and (gone.username, gone.following) == ("alice", ["bob"])
+    assert await n1.get("a") is None and await n1.sid_of("alice") is None
+    assert await n1.followers_of("bob") == ["c"]
+    await n1.save("b", "bobby", {})  # and update it
+    assert await n2.sid_of("bobby") == "b"
+    assert (await n2.counts()).active == 2
+
+
+async def test_concurrent_claims_of_one_name_have_one_winner(make_store: StoreFactory) -> None:
+    n1, n2 = await make_store("n1"), await make_store("n2")
+    claimants = [(n1 if i % 2 else n2, f"s{i}") for i in range(40)]
+    for node, sid in claimants:
+        await node.connect(sid, T0)
+
+    async def claim(node: RedisStore, sid: str) -> str | None:
+        try:
+            await node.save(sid, "alice", {"following": [sid]})
+        except UsernameTaken:
+            return None
+        return sid
+
+    winners = [sid for sid in await asyncio.gather(*(claim(*c) for c in claimants)) if sid]
+    assert len(winners) == 1
+    assert await n1.sid_of("alice") == await n2.sid_of("alice") == winners[0]
+    # The losers' metadata was not written either.
+    assert [sid for _, sid in claimants if await n1.followers_of(sid)] == winners
+
+
+async def test_close_removes_the_nodes_connections(
+    make_store: StoreFactory, redis: aioredis.Redis, prefix: str
+) -> None:
+    n1, n2 = await make_store("n1"), await make_store("n2")
+    await n1.connect("a", T0)
+    await n1.save("a", "alice", {"following": ["bob"]})
+    await n2.connect("b", T0)
+    await n1.close()
+    assert await n2.sid_of("alice") is None and await n2.followers_of("bob") == []
+    assert [p.sid for p in await n2.clients()] == ["b"]
+    assert await redis.smembers(f"{prefix}nodes") == {"n2"}
+    assert not [key async for key in redis.scan_iter(match=f"{prefix}node:n1*")]
+
+
+# -- dead nodes -----------------------------------------------------------------------------
+
+NODE_PROCESS = """
+import asyncio, sys
+from gateway.store.redis import RedisStore
+
+async def main(url, prefix, node_id, lease):
+    store = RedisStore(url, node_id=node_id, prefix=prefix, lease_seconds=float(lease))
+    await store.start()
+    await store.connect("doomed", "2026-01-01T00:00:00.000Z")
+    await store.save("doomed", "dora", {"following": ["bob"]})
+    print("ready", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+@contextlib.asynccontextmanager
+async def node_process(prefix: str, node_id: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Another process holding connection "doomed" as "dora"; killed (SIGKILL) at the latest
+    when the block ends."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        NODE_PROCESS,
+        REDIS_URL,
+        prefix,
+        node_id,
+        str(LEASE),
+        cwd=Path(__file__).parents[3],
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        assert await asyncio.wait_for(process.stdout.readline(), 10) == b"ready\n"
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def test_a_killed_node_is_reaped_within_the_lease(
+    make_store: StoreFactory, prefix: str
+) -> None:
+    survivor = await make_store("survivor")
+    await survivor.connect("b", T0)
+    async with node_process(prefix, "victim") as victim:
+        assert await survivor.sid_of("dora") == "doomed"
+        assert await survivor.followers_of("bob") == ["doomed"]
+        victim.kill()
+        await victim.wait()
+
+        async def reaped() -> bool:
+            return await survivor.sid_of("dora") is None
+
+        took = await eventually(reaped, timeout=REAP_BOUND + 1)
+    assert took < REAP_BOUND + 0.3, took
+    assert await survivor.followers_of("bob") == []
+    assert [p.sid for p in await survivor.clients()] == ["b"]
+    counts = await survivor.counts()
+    assert (counts.active, counts.total) == (1, 2)
+    await survivor.connect("d", T1)
+    await survivor.save("d", "dora", {})  # the name is free again
+
+
+async def test_a_restarted_node_drops_what_its_predecessor_left(
+    make_store: StoreFactory, prefix: str
+) -> None:
+    async with node_process(prefix, "n1"):
+        pass  # killed before it could clean up, its lease still running
+    other = await make_store("n2")
+    assert await other.sid_of("dora") == "doomed"
+    successor = await make_store("n1")
+    assert await other.sid_of("dora") is None
+    assert await successor.clients() == []
+
+
+# -- Redis unavailable ----------------------------------------------------------------------
+
+
+async def test_unreachable_redis_raises_store_unavailable(prefix: str) -> None:
+    store = RedisStore("redis://127.0.0.1:1/0", node_id="n1", prefix=prefix, timeout=1)
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        store.start,
+        store.ping,
+        store.restore,
+        lambda: store.connect("a", T0),
+        lambda: store.disconnect("a"),
+        lambda: store.get("a"),
+        lambda: store.save("a", "alice", {}),
+        lambda: store.sid_of("alice"),
+        lambda: store.followers_of("alice"),
+        store.clients,
+        store.counts,
+    ]
+    for call in calls:
+        with pytest.raises(StoreUnavailable):
+            await call()
+    assert not store.healthy
+    await store.close()  # logs, does not raise
+
+
+class Proxy:
+    """A TCP relay to Redis that can be cut and brought back on the same port: an outage."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        self._url = parts
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """The Redis URL, password and database kept, through the relay."""
+        credentials, _, _ = self._url.netloc.rpartition("@")
+        netloc = f"{credentials}@127.0.0.1:{self.port}" if credentials else f"127.0.0.1:{self.port}"
+        return urlunsplit(self._url._replace(netloc=netloc))
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_outage_then_empty_restart_restores_the_node(
+    make_store: StoreFactory, redis: aioredis.Redis, prefix: str
+) -> None:
+    proxy = Proxy(REDIS_URL)
+    await proxy.start()
+    store = await make_store("n1", url=proxy.url, timeout=1)
+    await store.connect("a", T0)
+    await store.save("a", "alice", {"following": ["bob"], "profile": {"x": 1}})
+    assert store.healthy
+
+    await proxy.stop()
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+    assert not store.healthy
+    with pytest.raises(StoreUnavailable):
+        await store.connect("b", T1)
+    await wipe(redis, prefix)  # Redis comes back empty
+
+    await proxy.start()
+
+    async def healthy() -> bool:
+        return store.healthy
+
+    await eventually(healthy, timeout=LEASE)  # the next lease tick restores
+    restored = await store.get("a")
+    assert restored is not None
+    assert (restored.username, restored.profile) == ("alice", {"x": 1})
+    assert await store.sid_of("alice") == "a" and await store.followers_of("bob") == ["a"]
+    assert [p.sid for p in await store.clients()] == ["a"]  # "b" was never accepted
+    counts = await store.counts()
+    assert (counts.active, counts.total) == (1, 1)
+    await proxy.stop()
+
+
+async def test_restore_after_a_wipe_keeps_names_claimed_meanwhile(
+    make_store: StoreFactory,
+    redis: aioredis.Redis,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    n1 = await make_store("n1")
+    await n1.connect("a", T0)
+    await n1.connect("b", T0)
+    await n1.save("a", "alice", {"following": ["carol"]})
+    await n1.save("b", "bob", {"status": "here"})
+    await wipe(redis, prefix)
+    n2 = await make_store("n2")
+    await n2.connect("c", T1)
+    await n2.save("c", "bob", {})
+
+    with caplog.at_level(logging.WARNING, logger="wshub.store"):
+        await n1.restore()
+    assert "'bob'" in caplog.text
+
+    assert await n2.sid_of("alice") == "a" and await n2.followers_of("carol") == ["a"]
+    assert await n2.sid_of("bob") == "c"
+    b = await n2.get("b")
+    assert b is not None and (b.username, b.metadata["status"]) == (None, "here")
+    await n1.save("b", "bobby", {})  # the mirror knows it has no name now
+    counts = await n2.counts()
+    assert (counts.active, counts.total) == (3, 3)  # n1's two and n2's one
+
+
+async def test_healthy_needs_a_current_lease(make_store: StoreFactory) -> None:
+    now = [0.0]
+    store = await make_store("n1", clock=lambda: now[0])
+    assert store.healthy
+    now[0] += LEASE
+    assert not store.healthy  # the other nodes may have reaped this one by now
