@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import socket
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import socketio
@@ -19,7 +23,9 @@ from .protocol.timestamps import iso_timestamp
 from .settings import Settings
 from .store.base import PresenceStore
 from .store.memory import MemoryStore
+from .store.redis import RedisStore
 from .tls import CertInfo, TlsReloader
+from .transport.backplane import GatewayRedisManager
 from .transport.socketio_server import SocketTransport
 
 log = logging.getLogger("wshub.app")
@@ -48,7 +54,23 @@ class Gateway:
         self.started = time.monotonic()
         self.draining = False
         self.ops_port: int | None = None
-        self.transport = SocketTransport(settings, time.monotonic, self.metrics)
+        self.backplane: GatewayRedisManager | None = None
+        if store is None and settings.backend == "redis":
+            node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+            store = RedisStore(
+                settings.redis_url,
+                node_id=node_id,
+                prefix=settings.redis_prefix,
+                lease_seconds=settings.redis_lease_seconds,
+            )
+            self.backplane = GatewayRedisManager(
+                settings.redis_url,
+                channel=f"{settings.redis_prefix}socketio",
+                probe_timeout=settings.backplane_probe_timeout,
+            )
+        self.transport = SocketTransport(
+            settings, time.monotonic, self.metrics, client_manager=self.backplane
+        )
         self.sio = self.transport.sio
         self.hub = Hub(
             settings,
@@ -64,9 +86,14 @@ class Gateway:
         self.asgi = socketio.ASGIApp(self.sio, other_asgi_app=self.http, socketio_path="socket.io")
 
     async def start(self) -> None:
+        store = self.hub.store
+        if isinstance(store, RedisStore):
+            await store.start()  # StoreUnavailable here refuses the start: Redis is required
+        jobs = list(self.hub.background_jobs())
+        if self.backplane is not None:
+            jobs.append(self._probe_backplane)
         self._jobs = [
-            asyncio.create_task(job(), name=f"wshub:{job.__qualname__}")
-            for job in self.hub.background_jobs()
+            asyncio.create_task(_supervised(job), name=f"wshub:{job.__qualname__}") for job in jobs
         ]
         if self.tls is not None:
             self.tls.add_listener(self._certificate_reloaded)
@@ -108,6 +135,23 @@ class Gateway:
             if start + size < len(sids):
                 await asyncio.sleep(pause)
 
+    def readiness_problems(self) -> list[str]:
+        """Why this worker should get no new clients, beyond draining and the store's ping."""
+        problems = []
+        if self.backplane is not None and not self.backplane.healthy:
+            problems.append("Redis backplane not delivering (self-probe failed)")
+        store = self.hub.store
+        if isinstance(store, RedisStore) and not store.healthy:
+            problems.append("presence entries not yet restored in Redis")
+        return problems
+
+    async def _probe_backplane(self) -> None:
+        assert self.backplane is not None
+        while True:
+            healthy = await self.backplane.probe()
+            self.metrics.backplane_healthy.set(1 if healthy else 0)
+            await asyncio.sleep(self.settings.backplane_probe_interval)
+
     def reload_tls(self, trigger: str) -> None:
         """Reload the certificate material now (SIGHUP); a no-op without TLS."""
         if self.tls is not None:
@@ -127,6 +171,20 @@ class Gateway:
         self.metrics.tls_not_after.set(info.not_after.timestamp())
         self.metrics.tls_serial.clear()
         self.metrics.tls_serial.labels(serial=info.serial_hex).set(1)
+
+
+async def _supervised(job: Callable[[], Awaitable[None]]) -> None:
+    """Run a process-wide loop forever: a failure is logged and the loop restarts, so one bad
+    moment (a Redis blip during a heartbeat round) cannot silently stop heartbeats for good."""
+    while True:
+        try:
+            await job()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background job %s failed; restarting in 1 s", job.__qualname__)
+            await asyncio.sleep(1.0)
 
 
 def create_app(settings: Settings | None = None) -> Any:

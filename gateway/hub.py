@@ -142,7 +142,13 @@ class Hub:
         self.heartbeat.disconnected(sid)
         self.rate_limit.forget(sid)
         self.expiry.forget(sid)
-        presence = await self.store.disconnect(sid)
+        try:
+            presence = await self.store.disconnect(sid)
+        except StoreUnavailable as exc:
+            # The store forgets the entry once it is back (restore only re-adds live ones).
+            self.metrics.store_errors.inc()
+            log.warning("could not remove the connection from the store: %s", exc)
+            return
         if presence is not None:
             await self.typing.disconnected(presence)
 

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     # -- presence backend
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Key and channel prefix: several hubs can share one Redis.
+    redis_prefix: str = "wshub:"
+    # A process that dies without cleaning up leaves the hub within about 4/3 of this.
+    redis_lease_seconds: float = Field(15.0, gt=0, le=3_600)
+    backplane_probe_interval: float = Field(5.0, gt=0, le=3_600)
+    backplane_probe_timeout: float = Field(2.0, gt=0, le=600)
 
     # -- payload limits (bytes)
     max_message_bytes: int = Field(65_536, ge=256, le=16 * 1024 * 1024)

@@ -79,6 +79,7 @@ def create_http_app(gateway: Gateway, *, started: float) -> Quart:
             reasons.append(f"presence store unreachable: {exc}")
         if gateway.tls is not None and not gateway.tls.running:
             reasons.append("TLS certificate watcher not running")
+        reasons.extend(gateway.readiness_problems())
         if reasons:
             return {"ready": False, "reasons": reasons}, 503
         return {"ready": True, "reasons": []}, 200

@@ -23,6 +23,7 @@ class StatsService:
         if counts == self._last_sent or counts.active == 0:
             return False
         self._last_sent = counts
+        # Every process sends the (cluster-wide) figures to its own clients.
         await self._delivery.broadcast(
             Outbound.STATS,
             {
@@ -30,6 +31,7 @@ class StatsService:
                 "totalConnections": counts.total,
                 "timestamp": iso_timestamp(),
             },
+            local_only=True,
         )
         return True
 

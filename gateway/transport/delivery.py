@@ -23,22 +23,34 @@ class SocketIODelivery:
         """Why the server is closing a connection, until its disconnect handler reads it."""
 
     async def send(self, sid: str, event: str, payload: Mapping[str, Any]) -> None:
-        await self._sio.emit(event, payload, to=sid, namespace=NAMESPACE)
+        # A client of this process is served directly, never through the backplane: faster,
+        # and replies and errors still reach their client while Redis is down.
+        local = self._is_local(sid)
+        await self._sio.emit(event, payload, to=sid, namespace=NAMESPACE, ignore_queue=local)
         self._delivered.labels(event).inc()
 
     async def send_many(
         self, sids: Collection[str], event: str, payload: Mapping[str, Any]
     ) -> None:
-        if sids:
-            await self._sio.emit(event, payload, to=list(sids), namespace=NAMESPACE)
-            self._delivered.labels(event).inc(len(sids))
+        local = [sid for sid in sids if self._is_local(sid)]
+        remote = [sid for sid in sids if not self._is_local(sid)]
+        if local:
+            await self._sio.emit(event, payload, to=local, namespace=NAMESPACE, ignore_queue=True)
+        if remote:
+            await self._sio.emit(event, payload, to=remote, namespace=NAMESPACE)
+        self._delivered.labels(event).inc(len(sids))
+
+    def _is_local(self, sid: str) -> bool:
+        return bool(self._sio.manager.is_connected(sid, NAMESPACE))
 
     async def broadcast(
         self, event: str, payload: Mapping[str, Any], *, local_only: bool = False
     ) -> None:
         local = [sid for sid, _ in self._sio.manager.get_participants(NAMESPACE, None)]
         if local_only:
-            await self.send_many(local, event, payload)
+            # ignore_queue: this process's clients only, nothing through the backplane.
+            await self._sio.emit(event, payload, namespace=NAMESPACE, ignore_queue=True)
+            self._delivered.labels(event).inc(len(local))
         else:
             await self._sio.emit(event, payload, namespace=NAMESPACE)
             self._delivered.labels(event).inc(len(local))

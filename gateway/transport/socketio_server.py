@@ -147,7 +147,14 @@ class GatewaySocketServer(socketio.AsyncServer):  # type: ignore[misc]
 class SocketTransport:
     """Binds a :class:`GatewaySocketServer` to a :class:`Hub`."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], float],
+        metrics: Metrics,
+        *,
+        client_manager: socketio.AsyncManager | None = None,
+    ) -> None:
         origins = settings.cors_origins
         self.sio = GatewaySocketServer(
             async_mode="asgi",
@@ -159,6 +166,7 @@ class SocketTransport:
             ping_timeout=settings.engineio_ping_timeout,
             logger=False,
             engineio_logger=False,
+            client_manager=client_manager,
         )
         self.sio.eio.max_queue = settings.max_outbound_queue
         self.sio.eio.on_slow_consumer = self._slow_consumer
