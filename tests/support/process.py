@@ -45,27 +45,34 @@ class GatewayProcess:
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     scheme: str = "http"
+    capture_stderr: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 15, health_scheme: str = "http") -> GatewayProcess:
+    def start(
+        self, timeout: float = 15, health_scheme: str = "http", health_port: int | None = None
+    ) -> GatewayProcess:
         if not self.port:
             self.port = free_port()
         env = {**os.environ, "WSHUB_LOG_LEVEL": "WARNING", "WSHUB_DRAIN_WINDOW": "0.5", **self.env}
         argv = [sys.executable, "-m", "gateway", "serve", *self.args]
         if not any(a.startswith("--config") for a in self.args) and "--bind" not in self.args:
             argv += ["--bind", f"127.0.0.1:{self.port}"]
-        self.proc = subprocess.Popen(argv, env=env)
+        self.proc = subprocess.Popen(
+            argv, env=env, stderr=subprocess.PIPE if self.capture_stderr else None
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}")
             try:
                 with urllib.request.urlopen(
-                    f"{health_scheme}://127.0.0.1:{self.port}/health", timeout=1, context=_insecure
+                    f"{health_scheme}://127.0.0.1:{health_port or self.port}/health",
+                    timeout=1,
+                    context=_insecure,
                 ):
                     return self
             except OSError:
@@ -79,6 +86,11 @@ class GatewayProcess:
     def wait(self, timeout: float) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout)
+
+    def stderr_text(self) -> str:
+        """Everything the process logged (it must have stopped; needs capture_stderr)."""
+        assert self.proc is not None and self.proc.stderr is not None
+        return self.proc.stderr.read().decode()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
