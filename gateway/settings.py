@@ -94,7 +94,6 @@ class Settings(BaseSettings):
 
     # -- backpressure: packets queued for one client before it is dropped as a slow consumer
     max_outbound_queue: int = Field(1_000, ge=10, le=1_000_000)
-    websocket_write_timeout: float = Field(10.0, gt=0, le=3_600)
     # permessage-deflate triples memory per idle connection; declined unless asked for.
     websocket_deflate: bool = False
 

@@ -41,11 +41,13 @@ async def test_metrics_move_with_real_traffic(server) -> None:
         await alice.call("system:direct", {"target": "ghost", "type": "chat"})
         await alice.call("system:bogus", {})
         await bob.expect("system:direct")
-        async with aiohttp.ClientSession() as session:
-            async with session.get(server.url + "/metrics") as response:
-                assert response.status == 200
-                assert response.headers["Content-Type"].startswith("text/plain")
-                text = await response.text()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(server.url + "/metrics") as response,
+        ):
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain")
+            text = await response.text()
     finally:
         await alice.close()
         await bob.close()
