@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     auth_admin_role: str = "admin"
 
     # -- TLS certificate reload (see docs/tls-reload.md)
-    tls_watch_step_ms: int = Field(50, ge=1, le=60_000)
+    tls_watch_step_ms: int = Field(30, ge=1, le=60_000)
     tls_watch_debounce_ms: int = Field(1_600, ge=1, le=600_000)
     tls_settle_seconds: float = Field(2.0, ge=0, le=3_600)
     tls_recheck_interval: float = Field(60.0, gt=0, le=86_400)

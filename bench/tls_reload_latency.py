@@ -1,8 +1,8 @@
-"""Measure certificate reload latency at the reloader's DEFAULT settings (step 50 ms,
-debounce 1600 ms), with real TLS handshakes.
+"""Measure certificate reload latency at the gateway's DEFAULT watch settings
+(``tls_watch_step_ms``, ``tls_watch_debounce_ms`` of :class:`gateway.settings.Settings`), with
+real TLS handshakes.
 
-Run from the repository root:  .venv/bin/python -m tests.unit.tls.measure_reload_latency
-(or give the file path: it puts the repository root on sys.path itself).
+Run from the repository root:  .venv/bin/python bench/tls_reload_latency.py
 
 1. Latency: N atomic rotations (tmp file + os.replace, cert then key). For each, the time from
    the second rename to the first fresh handshake that presents the new serial; a client polls
@@ -30,11 +30,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cryptography import x509
 from hypercorn.config import Config
 
+from gateway.settings import Settings
 from gateway.tls import TlsFiles, TlsReloader
 from tests.support.tls import echo_server, make_ca, write_atomic
 
@@ -43,7 +44,13 @@ class Server:
     """Echo server + reloader (default settings) on a private loop in a daemon thread."""
 
     def __init__(self, files: TlsFiles) -> None:
-        self.reloader = TlsReloader(Config(), files)
+        defaults = Settings.load()
+        self.reloader = TlsReloader(
+            Config(),
+            files,
+            step_ms=defaults.tls_watch_step_ms,
+            debounce_ms=defaults.tls_watch_debounce_ms,
+        )
         self.port = 0
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
