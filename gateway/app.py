@@ -89,6 +89,7 @@ class Gateway:
         store = self.hub.store
         if isinstance(store, RedisStore):
             await store.start()  # StoreUnavailable here refuses the start: Redis is required
+        self.transport.start_manager()
         jobs = list(self.hub.background_jobs())
         if self.backplane is not None:
             jobs.append(self._probe_backplane)

@@ -24,6 +24,7 @@ from typing import Any
 import socketio
 
 from ..store.base import StoreUnavailable
+from .manager import DirectEmitManager
 
 log = logging.getLogger("wshub.backplane")
 
@@ -34,7 +35,9 @@ class BackplaneUnavailable(StoreUnavailable):
     """A message could not be published to the other instances."""
 
 
-class GatewayRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
+class GatewayRedisManager(socketio.AsyncRedisManager, DirectEmitManager):  # type: ignore[misc]
+    """Redis pub/sub across processes; local delivery without a task per recipient."""
+
     def __init__(self, url: str, *, channel: str, probe_timeout: float) -> None:
         super().__init__(url, channel=channel)
         self.probe_timeout = probe_timeout

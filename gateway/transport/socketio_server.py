@@ -38,6 +38,7 @@ from ..protocol.events import Outbound
 from ..settings import Settings
 from .admission import Admission, AdmissionPolicy, client_address
 from .delivery import NAMESPACE, SocketIODelivery
+from .manager import DirectEmitManager
 
 log = logging.getLogger("wshub.transport")
 
@@ -166,7 +167,7 @@ class SocketTransport:
             ping_timeout=settings.engineio_ping_timeout,
             logger=False,
             engineio_logger=False,
-            client_manager=client_manager,
+            client_manager=client_manager or DirectEmitManager(),
         )
         self.sio.eio.max_queue = settings.max_outbound_queue
         self.sio.eio.on_slow_consumer = self._slow_consumer
@@ -196,6 +197,13 @@ class SocketTransport:
         self.sio.on("disconnect", self._on_disconnect, namespace=NAMESPACE)
         self.sio.on("*", self._on_event, namespace=NAMESPACE)
         self.sio.after_connect = hub.connected
+
+    def start_manager(self) -> None:
+        """Start the client manager now rather than on the first connection (python-socketio's
+        default), so that the Redis listener exists before the backplane is first probed."""
+        if not self.sio.manager_initialized:
+            self.sio.manager_initialized = True
+            self.sio.manager.initialize()
 
     @property
     def hub(self) -> Hub:

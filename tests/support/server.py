@@ -74,7 +74,13 @@ class LiveServer:
             started = asyncio.Event()
             self.gateway.http.before_serving(_set(started))
             task = asyncio.create_task(
-                serve(self.gateway, config, Listeners(sockets), shutdown_trigger=self._stop.wait)
+                serve(
+                    self.gateway,
+                    config,
+                    Listeners(sockets),
+                    shutdown_trigger=self._stop.wait,
+                    tune_gc=False,
+                )
             )
             waiter = asyncio.create_task(started.wait())
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
