@@ -51,3 +51,5 @@ def configure(level: str, fmt: str) -> None:
         # Hypercorn adds its own handlers; ours is enough.
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # watchfiles tells every batch of file events at INFO; the TLS reloader logs what matters.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
