@@ -7,6 +7,7 @@ everything behind them is sockets-free and can run in a unit test with a fake de
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -62,6 +63,9 @@ class Hub:
         self.store = store
         self.delivery = delivery
         self.metrics = metrics or Metrics()
+        # Labelled children looked up once per label set (event names are bounded by routing).
+        self._event_counter = functools.lru_cache(maxsize=512)(self.metrics.events.labels)
+        self._latency = functools.lru_cache(maxsize=64)(self.metrics.latency.labels)
         self.presence = PresenceService(
             store, delivery, max_metadata_bytes=settings.max_metadata_bytes
         )
@@ -214,8 +218,8 @@ class Hub:
         await self.delivery.send(sid, Outbound.ERROR, payload)
 
     def _count(self, event: str, outcome: str, started: float) -> None:
-        self.metrics.events.labels(event, outcome).inc()
-        self.metrics.latency.labels(event).observe(time.perf_counter() - started)
+        self._event_counter(event, outcome).inc()
+        self._latency(event).observe(time.perf_counter() - started)
 
     def _routes(self) -> dict[str, Route]:
         from .protocol.inbound import MODELS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -18,7 +19,8 @@ NAMESPACE = "/"
 class SocketIODelivery:
     def __init__(self, sio: socketio.AsyncServer, metrics: Metrics) -> None:
         self._sio = sio
-        self._delivered = metrics.delivered
+        # One labelled child per event name, looked up once: labels() is a lock and a dict walk.
+        self._delivered = functools.lru_cache(maxsize=64)(metrics.delivered.labels)
         self.close_reasons: dict[str, CloseReason] = {}
         """Why the server is closing a connection, until its disconnect handler reads it."""
 
@@ -27,7 +29,7 @@ class SocketIODelivery:
         # and replies and errors still reach their client while Redis is down.
         local = self._is_local(sid)
         await self._sio.emit(event, payload, to=sid, namespace=NAMESPACE, ignore_queue=local)
-        self._delivered.labels(event).inc()
+        self._delivered(event).inc()
 
     async def send_many(
         self, sids: Collection[str], event: str, payload: Mapping[str, Any]
@@ -38,7 +40,7 @@ class SocketIODelivery:
             await self._sio.emit(event, payload, to=local, namespace=NAMESPACE, ignore_queue=True)
         if remote:
             await self._sio.emit(event, payload, to=remote, namespace=NAMESPACE)
-        self._delivered.labels(event).inc(len(sids))
+        self._delivered(event).inc(len(sids))
 
     def _is_local(self, sid: str) -> bool:
         return bool(self._sio.manager.is_connected(sid, NAMESPACE))
@@ -50,10 +52,10 @@ class SocketIODelivery:
         if local_only:
             # ignore_queue: this process's clients only, nothing through the backplane.
             await self._sio.emit(event, payload, namespace=NAMESPACE, ignore_queue=True)
-            self._delivered.labels(event).inc(len(local))
+            self._delivered(event).inc(len(local))
         else:
             await self._sio.emit(event, payload, namespace=NAMESPACE)
-            self._delivered.labels(event).inc(len(local))
+            self._delivered(event).inc(len(local))
 
     async def close(self, sid: str, reason: CloseReason, message: str) -> None:
         self.close_reasons[sid] = reason

@@ -36,12 +36,15 @@ from ..protocol.close import CloseReason
 from ..protocol.errors import ErrorCode
 from ..protocol.events import Outbound
 from ..settings import Settings
+from . import engine_socket
 from .admission import Admission, AdmissionPolicy, client_address
 from .delivery import NAMESPACE, SocketIODelivery
 from .manager import DirectEmitManager
 
 log = logging.getLogger("wshub.transport")
 
+# Socket.IO packet types 5 (BINARY_EVENT) and 6 (BINARY_ACK), as the first character.
+_BINARY_PACKET_TYPES = ("5", "6")
 _packet_size: contextvars.ContextVar[int] = contextvars.ContextVar("packet_size", default=0)
 # Time a refused client gets to read its CONNECT_ERROR before its session is closed.
 _REFUSED_GRACE_SECONDS = 1.0
@@ -57,6 +60,22 @@ class OrjsonCodec:
     @staticmethod
     def loads(text: str | bytes, **_: Any) -> Any:
         return codec.loads(text)
+
+
+class JsonPacket(socketio.packet.Packet):  # type: ignore[misc]
+    """Socket.IO packets that are JSON only.
+
+    python-socketio walks every outbound payload recursively looking for ``bytes`` (to send
+    binary attachments); the wire contract is JSON, inbound binary packets are refused before
+    they are parsed (see ``_handle_eio_message``), so no payload the gateway sends can hold
+    bytes, and the walk is skipped.
+    """
+
+    json = OrjsonCodec
+
+    @classmethod
+    def data_is_binary(cls, data: Any) -> bool:
+        return False
 
 
 @dataclass(slots=True)
@@ -108,23 +127,23 @@ class GatewaySocketServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _handle_eio_message(self, eio_sid: str, data: str | bytes) -> None:
         _packet_size.set(len(data))
+        if isinstance(data, bytes) or data[:1] in _BINARY_PACKET_TYPES:
+            await self._refuse_packet(eio_sid, "Binary attachments are not supported; send JSON")
+            return
         try:
             await super()._handle_eio_message(eio_sid, data)
         except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
             # A packet python-socketio could not parse: bad JSON, an empty event array, a
             # binary packet announcing attachments that never come. Answer it; never let it
             # kill the reader loop.
-            sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
-            log.info("malformed packet from %s: %s", sid or eio_sid, exc)
-            if sid is not None:
-                await self.emit(
-                    Outbound.ERROR,
-                    {
-                        "code": ErrorCode.INVALID_FORMAT.value,
-                        "message": "Malformed Socket.IO packet",
-                    },
-                    to=sid,
-                )
+            log.info("malformed packet from %s: %s", eio_sid, exc)
+            await self._refuse_packet(eio_sid, "Malformed Socket.IO packet")
+
+    async def _refuse_packet(self, eio_sid: str, message: str) -> None:
+        sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+        if sid is not None:
+            payload = {"code": ErrorCode.INVALID_FORMAT.value, "message": message}
+            await self.emit(Outbound.ERROR, payload, to=sid)
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         namespace = namespace or NAMESPACE
@@ -160,6 +179,7 @@ class SocketTransport:
         self.sio = GatewaySocketServer(
             async_mode="asgi",
             async_handlers=False,  # one client's events run in order, without a task each
+            serializer=JsonPacket,
             json=OrjsonCodec,
             cors_allowed_origins="*" if "*" in origins else origins,
             max_http_buffer_size=settings.max_frame_bytes,
@@ -169,6 +189,7 @@ class SocketTransport:
             engineio_logger=False,
             client_manager=client_manager or DirectEmitManager(),
         )
+        engine_socket.install()
         self.sio.eio.max_queue = settings.max_outbound_queue
         self.sio.eio.on_slow_consumer = self._slow_consumer
         self.metrics = metrics

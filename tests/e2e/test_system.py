@@ -105,6 +105,15 @@ async def test_malformed_socketio_packet_is_answered(server) -> None:
         assert '"client-pong"' in await asyncio.wait_for(ws.receive_str(), 3)
 
 
+async def test_binary_attachments_are_refused(connect) -> None:
+    client = await connect("alice")
+    await client.emit("system:general", {"type": "x", "blob": b"\x00\x01"})
+    error = await client.expect("system:error")
+    assert error["code"] == "INVALID_FORMAT" and "Binary" in error["message"]
+    await client.expect_none("system:general")
+    assert "timestamp" in await client.call("client-ping")
+
+
 async def test_polling_transport_with_upgrade(server) -> None:
     alice = Client(server.url, transports=["polling", "websocket"])
     bob = Client(server.url, transports=["polling"])
