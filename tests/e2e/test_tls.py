@@ -219,3 +219,44 @@ async def test_sighup_reloads_in_place(tmp_path, cert_dir, ca) -> None:
     finally:
         await client.close()
         gateway.stop()
+
+
+async def test_workers_reload_in_place_on_sighup(cert_dir, ca) -> None:
+    """Two workers: SIGHUP reaches both through the supervisor; nobody is restarted."""
+    from tests.e2e.test_cluster import cluster_env, redis_up
+
+    if not redis_up():
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    env = cluster_env(
+        WSHUB_TLS_WATCH_STEP_MS="60000",
+        WSHUB_TLS_WATCH_DEBOUNCE_MS="600000",
+        WSHUB_TLS_RECHECK_INTERVAL="3600",
+    )
+    gateway = GatewayProcess(
+        args=["--workers", "2", "--certfile", str(cert_dir / "cert.pem"),
+              "--keyfile", str(cert_dir / "key.pem")],
+        env=env,
+        scheme="https",
+    )
+    gateway.start(health_scheme="https")
+    clients = [Client(gateway.url, ssl_verify=False) for _ in range(6)]
+    try:
+        for client in clients:
+            await client.connect()
+        new = ca.issue(0x1002)
+        write_atomic(cert_dir / "key.pem", new.key_pem)
+        write_atomic(cert_dir / "cert.pem", new.cert_pem)
+        gateway.signal(signal.SIGHUP)
+        await wait_for_serial(gateway.port, ca, 0x1002, timeout=5)
+        await asyncio.sleep(0.3)  # the other worker too
+        serials = [await served_serial(gateway.port, ca) for _ in range(20)]
+        assert serials == [0x1002] * 20
+        for client in clients:  # every client, on either worker, is told once
+            await client.expect("system:certificateRefresh", timeout=3)
+            await client.expect_none("system:certificateRefresh", within=0.05)
+            assert client.sio.connected
+        assert gateway.proc is not None and gateway.proc.poll() is None
+    finally:
+        for client in clients:
+            await client.close()
+        gateway.stop()
