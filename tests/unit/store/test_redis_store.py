@@ -9,120 +9,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
-from uuid import uuid4
 
 import pytest
 import redis.asyncio as aioredis
 
 from gateway.store.base import StoreUnavailable, UsernameTaken
 from gateway.store.redis import RedisStore
+from tests.unit.store.conftest import (
+    LEASE,
+    REAP_BOUND,
+    REDIS_URL,
+    T0,
+    T1,
+    StoreFactory,
+    eventually,
+    wipe,
+)
 
-REDIS_URL = os.environ.get("WSHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-LEASE = 1.0
-# A dead node's lease runs out within LEASE, and a reaper passes within LEASE / 3 after that.
-REAP_BOUND = LEASE + LEASE / 3
-T0 = "2026-01-01T00:00:00.000Z"
-T1 = "2026-01-01T00:00:01.000Z"
-
-StoreFactory = Callable[..., Awaitable[RedisStore]]
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        await client.ping()
-    except (OSError, aioredis.ConnectionError) as exc:
-        await client.aclose()
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
-    yield client
-    await client.aclose()
+# -- one node ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def prefix(redis: aioredis.Redis) -> AsyncIterator[str]:
-    prefix = f"wshub-test:{uuid4().hex}:"
-    yield prefix
-    await wipe(redis, prefix)
-
-
-@pytest.fixture
-async def make_store(prefix: str) -> AsyncIterator[StoreFactory]:
-    """``await make_store("n1")``: a started node under the test's prefix, closed afterwards."""
-    stores: list[RedisStore] = []
-
-    async def make(node_id: str, *, url: str = REDIS_URL, **kw: Any) -> RedisStore:
-        store = RedisStore(url, node_id=node_id, prefix=prefix, lease_seconds=LEASE, **kw)
-        stores.append(store)
-        await store.start()
-        return store
-
-    yield make
-    for store in stores:
-        await store.close()
-
-
-async def wipe(redis: aioredis.Redis, prefix: str) -> None:
-    """Delete every key under *prefix*: what a Redis restarted without persistence looks like."""
-    keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
-    if keys:
-        await redis.delete(*keys)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float) -> float:
-    """Poll *check* until it holds; the seconds it took."""
-    start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"still false after {timeout} s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
-
-
-# -- what MemoryStore does, for one node ----------------------------------------------------
-
-
-async def test_usernames_are_unique_and_released(make_store: StoreFactory) -> None:
-    store = await make_store("n1")
-    await store.connect("a", T0)
-    await store.connect("b", T0)
-    await store.save("a", "alice", {})
-    with pytest.raises(UsernameTaken):
-        await store.save("b", "alice", {})
-    await store.disconnect("a")
-    await store.save("b", "alice", {})
-    assert await store.sid_of("alice") == "b"
-
-
-async def test_follower_index_follows_updates_and_disconnects(make_store: StoreFactory) -> None:
-    store = await make_store("n1")
-    for sid in ("a", "b"):
-        await store.connect(sid, T0)
-    await store.save("a", "alice", {"following": ["bob", "carol"]})
-    assert await store.followers_of("bob") == ["a"]
-    await store.save("a", "alice", {"following": ["carol"]})
-    assert await store.followers_of("bob") == []
-    await store.disconnect("a")
-    assert await store.followers_of("carol") == []
-
-
-async def test_counts_keep_the_total(make_store: StoreFactory) -> None:
-    store = await make_store("n1")
-    await store.connect("a", T0)
-    await store.connect("b", T0)
-    await store.disconnect("a")
-    counts = await store.counts()
-    assert (counts.active, counts.total) == (1, 2)
-
-
-async def test_presence_snapshots_and_renames(make_store: StoreFactory) -> None:
+async def test_presence_snapshots_are_copies(make_store: StoreFactory) -> None:
     store = await make_store("n1")
     await store.connect("a", T0)
     assert await store.get("a") == await store.get("a")
@@ -137,36 +49,6 @@ async def test_presence_snapshots_and_renames(make_store: StoreFactory) -> None:
     assert got is not None and got == saved and got.metadata is not saved.metadata
     assert got.following == ["bob", "bob", 7] and got.profile == {"age": 3}
     assert await store.followers_of("bob") == ["a"]
-
-    await store.save("a", "alice", {})  # its own name again
-    await store.save("a", "alicia", {})
-    assert (await store.sid_of("alice"), await store.sid_of("alicia")) == (None, "a")
-    await store.save("a", None, {})
-    assert await store.sid_of("alicia") is None
-
-    with pytest.raises(KeyError):
-        await store.save("nobody", "nemo", {})
-    assert await store.sid_of("nemo") is None
-
-    gone = await store.disconnect("a")
-    assert gone is not None and gone.connect_time == T0 and gone.username is None
-    assert await store.get("a") is None
-    assert await store.disconnect("a") is None
-    assert await store.clients() == []
-
-
-async def test_a_refused_claim_changes_nothing(make_store: StoreFactory) -> None:
-    store = await make_store("n1")
-    await store.connect("a", T0)
-    await store.connect("b", T1)
-    await store.save("a", "alice", {})
-    await store.save("b", "bob", {"following": ["carol"], "status": "here"})
-    with pytest.raises(UsernameTaken):
-        await store.save("b", "alice", {"following": ["dave"]})
-    b = await store.get("b")
-    assert b is not None and (b.username, b.metadata["status"]) == ("bob", "here")
-    assert await store.sid_of("bob") == "b"
-    assert (await store.followers_of("carol"), await store.followers_of("dave")) == (["b"], [])
 
 
 # -- several nodes on one Redis -------------------------------------------------------------
@@ -245,6 +127,16 @@ async def test_close_removes_the_nodes_connections(
 NODE_PROCESS = """
 import asyncio, sys
 from gateway.store.redis import RedisStore
+from tests.unit.store.conftest import (
+    LEASE,
+    REAP_BOUND,
+    REDIS_URL,
+    T0,
+    T1,
+    StoreFactory,
+    eventually,
+    wipe,
+)
 
 async def main(url, prefix, node_id, lease):
     store = RedisStore(url, node_id=node_id, prefix=prefix, lease_seconds=float(lease))

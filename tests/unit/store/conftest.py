@@ -1,0 +1,76 @@
+"""Fixtures shared by the store tests: a real Redis under a private key prefix per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from uuid import uuid4
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.store.redis import RedisStore
+
+REDIS_URL = os.environ.get("WSHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+LEASE = 1.0
+# A dead node's lease runs out within LEASE, and a reaper passes within LEASE / 3 after that.
+REAP_BOUND = LEASE + LEASE / 3
+T0 = "2026-01-01T00:00:00.000Z"
+T1 = "2026-01-01T00:00:01.000Z"
+
+StoreFactory = Callable[..., Awaitable[RedisStore]]
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        await client.ping()
+    except (OSError, aioredis.ConnectionError) as exc:
+        await client.aclose()
+        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def prefix(redis: aioredis.Redis) -> AsyncIterator[str]:
+    prefix = f"wshub-test:{uuid4().hex}:"
+    yield prefix
+    await wipe(redis, prefix)
+
+
+@pytest.fixture
+async def make_store(prefix: str) -> AsyncIterator[StoreFactory]:
+    """``await make_store("n1")``: a started node under the test's prefix, closed afterwards."""
+    stores: list[RedisStore] = []
+
+    async def make(node_id: str, *, url: str = REDIS_URL, **kw: Any) -> RedisStore:
+        store = RedisStore(url, node_id=node_id, prefix=prefix, lease_seconds=LEASE, **kw)
+        stores.append(store)
+        await store.start()
+        return store
+
+    yield make
+    for store in stores:
+        await store.close()
+
+
+async def wipe(redis: aioredis.Redis, prefix: str) -> None:
+    """Delete every key under *prefix*: what a Redis restarted without persistence looks like."""
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
+    if keys:
+        await redis.delete(*keys)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float) -> float:
+    """Poll *check* until it holds; the seconds it took."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"still false after {timeout} s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
