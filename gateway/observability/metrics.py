@@ -95,6 +95,14 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.tls_handshakes_started = Counter(
+            "wshub_tls_handshakes_started", "TLS ClientHellos received", registry=r
+        )
+        self.tls_handshakes_completed = Counter(
+            "wshub_tls_handshakes_completed",
+            "TLS handshakes completed (started minus completed: failed or in flight)",
+            registry=r,
+        )
         self.tls_errors = Counter(
             "wshub_tls_connection_errors", "TLS connection errors, by kind", ["kind"], registry=r
         )

@@ -13,7 +13,9 @@ import gc
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from hypercorn.asyncio.lifespan import Lifespan
 from hypercorn.asyncio.tcp_server import TCPServer
@@ -21,6 +23,7 @@ from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from ..app import Gateway
+from ..observability.metrics import Metrics
 from ..settings import Settings
 from ..tls import TlsReloader
 from . import websocket
@@ -88,20 +91,27 @@ async def serve(
 
     context = WorkerContext(None)
     connections: set[asyncio.Task[None]] = set()
+    ssl_context = config.create_ssl_context() if listeners.public.secure_sockets else None
+    if ssl_context is not None:
+        count_client_hellos(ssl_context, gateway.metrics)
 
-    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def on_connection(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         connections.add(task)
         task.add_done_callback(connections.discard)
+        if tls:
+            gateway.metrics.tls_handshakes_completed.inc()
         await TCPServer(app, loop, config, context, state, reader, writer)
 
     async def listen(sock: socket.socket, tls: bool) -> asyncio.Server:
         server = await asyncio.start_server(
-            on_connection,
+            partial(on_connection, tls=tls),
             sock=sock,
             backlog=config.backlog,
-            ssl=config.create_ssl_context() if tls else None,
+            ssl=ssl_context if tls else None,
             ssl_handshake_timeout=config.ssl_handshake_timeout if tls else None,
         )
         name = repr_socket_addr(server.sockets[0].family, server.sockets[0].getsockname())
@@ -129,6 +139,23 @@ async def serve(
         await lifespan.wait_for_shutdown()
         lifespan_task.cancel()
         await asyncio.gather(lifespan_task, return_exceptions=True)
+
+
+def count_client_hellos(context: ssl.SSLContext, metrics: Metrics) -> None:
+    """Count every ClientHello the listeners see.
+
+    The event loop completes TLS handshakes before Hypercorn sees the connection and drops a
+    failed one without a word (it logs them only in debug mode); ClientHellos minus completed
+    handshakes is the number that failed (or are in flight).
+    """
+    inner = context.sni_callback
+    hellos = metrics.tls_handshakes_started
+
+    def counted(obj: ssl.SSLObject, name: str, ctx: ssl.SSLContext) -> int | None:
+        hellos.inc()
+        return inner(obj, name, ctx) if inner is not None else None
+
+    context.sni_callback = counted
 
 
 def tune_garbage_collector() -> None:

@@ -3,7 +3,8 @@
 connections, and a traceback per occurrence would bury the log lines that matter.
 
 Handshakes that OpenSSL refuses never reach this handler: the event loop drops them (it logs
-them only in debug mode), so they cost nothing and are not counted here.
+them only in debug mode). They are counted as ClientHellos without a completed handshake
+(``runner.count_client_hellos``).
 """
 
 from __future__ import annotations

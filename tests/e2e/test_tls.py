@@ -260,3 +260,16 @@ async def test_workers_reload_in_place_on_sighup(cert_dir, ca) -> None:
         for client in clients:
             await client.close()
         gateway.stop()
+
+
+async def test_failed_handshakes_are_counted_not_fatal(server_factory, cert_dir, ca) -> None:
+    server = server_factory(config=tls_config(cert_dir))
+    other = make_ca("a CA the client trusts but the server does not use")
+    for _ in range(3):  # the client refuses the server's certificate: a failed handshake
+        with pytest.raises(ssl.SSLError):
+            await served_serial(server.port, other)
+    assert await served_serial(server.port, ca) == 0x1001  # others are unaffected
+    assert server.gateway is not None
+    scrape = server.gateway.metrics.render().decode()
+    assert "wshub_tls_handshakes_started_total 4.0" in scrape
+    assert "wshub_tls_handshakes_completed_total 1.0" in scrape
