@@ -1,7 +1,9 @@
 """The application core: connection lifecycle, the routing table and the pipeline.
 
-The transport calls :meth:`Hub.connected`, :meth:`Hub.disconnected` and :meth:`Hub.handle`;
-everything behind them is sockets-free and can run in a unit test with a fake delivery port.
+The transport calls :meth:`Hub.authenticate` and :meth:`Hub.admit` while a client connects,
+:meth:`Hub.connected` once it is, :meth:`Hub.handle` for each of its events and
+:meth:`Hub.disconnected` at the end; everything behind them is sockets-free and runs in a unit
+test with a fake delivery port (``tests/unit/test_hub.py``).
 """
 
 from __future__ import annotations
