@@ -45,7 +45,7 @@ def test(args: list[str]) -> int:
     python = ensure_venv("test,lint")
     ensure_node_modules(INTEROP)
     checks = [
-        [str(python), "-m", "ruff", "check", "gateway", "tests", "bench", "dev.py"],
+        [str(python), "-m", "ruff", "check", "gateway", "tests", "bench", "tools", "dev.py"],
         [str(python), "-m", "mypy"],
         [str(python), "-m", "pytest", *args],
     ]

@@ -14,6 +14,8 @@ from typing import Any
 
 import socketio
 
+from .http.client_bundle import ClientBundle
+from .http.console import register_console
 from .http.routes import create_http_app
 from .hub import Hub
 from .observability.metrics import Metrics, TlsReloadCollector
@@ -80,10 +82,13 @@ class Gateway:
         )
         self.transport.bind(self.hub, accepting=lambda: not self.draining)
         self.http = create_http_app(self, started=self.started)
+        register_console(self.http, self)
         self._jobs: list[asyncio.Task[Any]] = []
         self.http.before_serving(self.start)
         self.http.after_serving(self.stop)
-        self.asgi = socketio.ASGIApp(self.sio, other_asgi_app=self.http, socketio_path="socket.io")
+        self.asgi = ClientBundle(
+            socketio.ASGIApp(self.sio, other_asgi_app=self.http, socketio_path="socket.io")
+        )
 
     async def start(self) -> None:
         store = self.hub.store

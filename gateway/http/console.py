@@ -129,7 +129,7 @@ def register_console(app: Quart, gateway: Gateway) -> None:
         return _json(body, 200)
 
 
-def _authorize(gateway: Gateway) -> Identity | None | Response:
+def _authorize(gateway: Gateway) -> Identity | Response | None:
     """The admin's identity, None when authentication is off, or the refusal to send."""
     verifier = gateway.hub.verifier
     if verifier is None:
@@ -202,7 +202,8 @@ async def collect_state(
         state["clients"] = await _clients(gateway, query, limit)
     except StoreUnavailable as exc:
         state["storeError"] = f"presence store unavailable: {exc}"
-    state["tls"] = None if gateway.tls is None else _tls(gateway.tls, audience)
+    tls = gateway.tls
+    state["tls"] = None if tls is None else _tls(tls, audience, settings.tls_expiry_warn_days)
     return state
 
 
@@ -236,7 +237,9 @@ def _matches(presence: Presence, needle: str) -> bool:
     )
 
 
-def _tls(reloader: TlsReloader, audience: ReloadAudience) -> dict[str, Any]:
+def _tls(
+    reloader: TlsReloader, audience: ReloadAudience, expiry_warn_days: float
+) -> dict[str, Any]:
     told = list(audience.told)
     reloads = []
     for outcome in reloader.history:
@@ -252,6 +255,8 @@ def _tls(reloader: TlsReloader, audience: ReloadAudience) -> dict[str, Any]:
         reloads.append(entry)
     return {
         "certificate": reloader.info.as_dict(datetime.now(UTC)),
+        "expiryWarnDays": expiry_warn_days,
+        "watching": reloader.running,
         "reloads": reloads,
         "reloadsOk": reloader.reloads_ok,
         "reloadsRejected": reloader.reloads_rejected,
