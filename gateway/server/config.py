@@ -74,6 +74,12 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any
     assert isinstance(config, GatewayConfig)
     if "bind" not in data:
         config.bind = [DEFAULT_BIND]
+    if "alpn_protocols" not in data:
+        # Browsers negotiate HTTP/2 over TLS when offered and then open WebSockets with
+        # extended CONNECT (RFC 8441), which carries no Upgrade header: Engine.IO refuses it and
+        # the client falls back to polling, or fails with transports: ["websocket"]. The Node
+        # server spoke HTTP/1.1 only; so do we, unless the file asks for more.
+        config.alpn_protocols = ["http/1.1"]
     _check_tls_files(config)
     return config
 

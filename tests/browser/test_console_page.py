@@ -238,12 +238,6 @@ async def test_over_https_with_the_dev_certificate(server_factory, open_console,
     assert [e for e in console.errors if "WebSocket" not in e] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="browsers negotiate HTTP/2 over TLS and open WebSockets with extended CONNECT "
-    "(RFC 8441), which carries no Upgrade header; Engine.IO refuses it (Invalid websocket "
-    "upgrade), so HTTPS browser clients stay on long-polling",
-)
 async def test_websocket_from_a_browser_over_https(server_factory, open_console, tmp_path) -> None:
     cert, key = generate_dev_pair(tmp_path)
     server = server_factory(config={"certfile": cert, "keyfile": key})
