@@ -1,6 +1,7 @@
 """``/`` for people; ``/health``, ``/ready`` and ``/metrics`` for orchestrators and Prometheus.
 
-With ``ops_bind`` set, the three operational routes answer only on that internal port.
+With ``ops_bind`` set, the three operational routes and the console answer only on that
+internal port.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from ..app import Gateway
 
 OPS_ROUTES = frozenset({"/health", "/ready", "/metrics"})
+CONSOLE_PREFIX = "/console"
 
 
 def create_http_app(gateway: Gateway, *, started: float) -> Quart:
@@ -28,7 +30,9 @@ def create_http_app(gateway: Gateway, *, started: float) -> Quart:
 
     @app.before_request
     async def ops_only_on_ops_port() -> None:
-        if gateway.ops_port is None or request.path not in OPS_ROUTES:
+        if gateway.ops_port is None:
+            return
+        if request.path not in OPS_ROUTES and not request.path.startswith(CONSOLE_PREFIX):
             return
         server = request.scope.get("server") or (None, None)
         if server[1] != gateway.ops_port:
