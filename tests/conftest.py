@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from gateway.settings import Settings
-from tests.support.client import Client
+from tests.support.client import Client, Clients
 from tests.support.server import LiveServer
 
 ServerFactory = Callable[..., LiveServer]
@@ -34,18 +34,21 @@ def server(server_factory: ServerFactory) -> LiveServer:
 
 
 @pytest.fixture
-async def connect(server: LiveServer) -> AsyncIterator[Callable[..., Any]]:
+async def clients(server_factory: ServerFactory) -> AsyncIterator[Clients]:
+    """``clients.new(url)`` and ``await clients.connect(url, "alice")``; all closed after the test.
+
+    It asks for ``server_factory`` so that its clients are closed before those gateways stop.
+    """
+    made = Clients()
+    yield made
+    await made.close_all()
+
+
+@pytest.fixture
+def connect(server: LiveServer, clients: Clients) -> Callable[..., Awaitable[Client]]:
     """``await connect("alice")`` gives a connected client, logged in when a name is given."""
-    clients: list[Client] = []
 
     async def make(username: str | None = None, *, url: str | None = None, **kw: Any) -> Client:
-        client = Client(url or server.url, **kw)
-        clients.append(client)
-        await client.connect()
-        if username is not None:
-            await client.login(username)
-        return client
+        return await clients.connect(url or server.url, username, **kw)
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make

@@ -115,7 +115,7 @@ def _raw_stalled_reader(port: int, username: str) -> socket.socket:
     return sock
 
 
-async def test_a_stalled_reader_is_dropped_and_memory_stays_bounded() -> None:
+async def test_a_stalled_reader_is_dropped_and_memory_stays_bounded(clients) -> None:
     gateway = GatewayProcess(
         env={
             "WSHUB_MAX_OUTBOUND_QUEUE": "200",
@@ -123,9 +123,8 @@ async def test_a_stalled_reader_is_dropped_and_memory_stays_bounded() -> None:
             "WSHUB_RATE_LIMIT_BURST": "100000",
         }
     ).start()
-    sender = Client(gateway.url)
     try:
-        await (await sender.connect()).login("sender")
+        sender = await clients.connect(gateway.url, "sender")
         stalled = await asyncio.to_thread(_raw_stalled_reader, gateway.port, "stalled")
         before = rss_kib(gateway.proc.pid)  # type: ignore[union-attr]
         blob = "x" * 8000
@@ -147,7 +146,7 @@ async def test_a_stalled_reader_is_dropped_and_memory_stays_bounded() -> None:
         assert growth_mb < 12, f"server memory grew by {growth_mb:.1f} MiB"
         stalled.close()
     finally:
-        await sender.close()
+        await clients.close_all()
         gateway.stop()
 
 
@@ -158,27 +157,23 @@ async def test_deflate_is_declined_by_default(server) -> None:
         assert (await ws.receive_str()).startswith("0{")
 
 
-async def test_compression_bomb_closes_only_the_bomber(server_factory) -> None:
+async def test_compression_bomb_closes_only_the_bomber(server_factory, clients) -> None:
     server = server_factory(websocket_deflate=True, max_frame_bytes=65_536)
     url = server.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
-    bystander = Client(server.url)
-    await bystander.connect()
-    try:
-        async with aiohttp.ClientSession() as session, session.ws_connect(url, compress=15) as ws:
-            assert ws.compress == 15  # negotiated: deflate is on here
-            await ws.receive_str()
-            await ws.send_str("40")
-            await ws.receive_str()
-            await ws.send_str('42["client-ping"]' + " " * 5_000_000)  # ~5 KB on the wire
+    bystander = await clients.connect(server.url)
+    async with aiohttp.ClientSession() as session, session.ws_connect(url, compress=15) as ws:
+        assert ws.compress == 15  # negotiated: deflate is on here
+        await ws.receive_str()
+        await ws.send_str("40")
+        await ws.receive_str()
+        await ws.send_str('42["client-ping"]' + " " * 5_000_000)  # ~5 KB on the wire
+        message = await asyncio.wait_for(ws.receive(), 5)
+        while message.type == aiohttp.WSMsgType.TEXT:
             message = await asyncio.wait_for(ws.receive(), 5)
-            while message.type == aiohttp.WSMsgType.TEXT:
-                message = await asyncio.wait_for(ws.receive(), 5)
-            # Hypercorn ends a connection whose frame fails to parse without a close frame.
-            assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-            assert ws.close_code in (1006, 1009)
-        assert "timestamp" in await bystander.call("client-ping")
-    finally:
-        await bystander.close()
+        # Hypercorn ends a connection whose frame fails to parse without a close frame.
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert ws.close_code in (1006, 1009)
+    assert "timestamp" in await bystander.call("client-ping")
 
 
 async def test_foreign_origins_are_refused_when_origins_are_configured(server_factory) -> None:

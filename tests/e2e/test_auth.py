@@ -33,23 +33,16 @@ async def refused(url: str, **connect: object) -> str:
     return str(caught.value)
 
 
-async def test_token_in_auth_payload_sets_the_username(auth_server) -> None:
-    client = Client(auth_server.url)
-    try:
-        await client.connect(auth={"token": token(aud="wshub")})
-        listing = await client.call("system:clients")
-        assert listing["clients"][0]["username"] == "alice"
-    finally:
-        await client.close()
+async def test_token_in_auth_payload_sets_the_username(auth_server, clients) -> None:
+    client = await clients.new(auth_server.url).connect(auth={"token": token(aud="wshub")})
+    listing = await client.call("system:clients")
+    assert listing["clients"][0]["username"] == "alice"
 
 
-async def test_token_in_authorization_header(auth_server) -> None:
-    client = Client(auth_server.url)
-    try:
-        await client.connect(headers={"Authorization": f"Bearer {token('bob', aud='wshub')}"})
-        await client.login("bob")
-    finally:
-        await client.close()
+async def test_token_in_authorization_header(auth_server, clients) -> None:
+    client = clients.new(auth_server.url)
+    await client.connect(headers={"Authorization": f"Bearer {token('bob', aud='wshub')}"})
+    await client.login("bob")
 
 
 @pytest.mark.parametrize(
@@ -65,65 +58,51 @@ async def test_token_in_authorization_header(auth_server) -> None:
     ],
     ids=["missing", "bad-signature", "expired", "wrong-audience"],
 )
-async def test_bad_tokens_are_refused_with_the_reason(auth_server, make, reason) -> None:
-    client = Client(auth_server.url)
+async def test_bad_tokens_are_refused_with_the_reason(auth_server, clients, make, reason) -> None:
+    client = clients.new(auth_server.url)
     errors: list[object] = []
     client.sio.on("connect_error", lambda data: errors.append(data))
     with pytest.raises(socketio.exceptions.ConnectionError):
         await client.connect(auth=make())
-    await client.close()
     assert errors, "no connect_error received"
     assert reason in str(errors[0]) and "authentication failed" in str(errors[0])
 
 
-async def test_impersonation_is_forbidden(auth_server) -> None:
-    client = Client(auth_server.url)
-    try:
-        await client.connect(auth={"token": token(aud="wshub")})
-        await client.emit("system:setData", {"username": "mallory"})
-        assert (await client.expect("system:dataSet"))["success"] is False
-        assert (await client.expect("system:error"))["code"] == "FORBIDDEN"
-        await client.emit("system:setData", {"profile": {"a": 1}})
-        assert (await client.expect("system:dataSet"))["success"] is True
-    finally:
-        await client.close()
+async def test_impersonation_is_forbidden(auth_server, clients) -> None:
+    client = await clients.new(auth_server.url).connect(auth={"token": token(aud="wshub")})
+    await client.emit("system:setData", {"username": "mallory"})
+    assert (await client.expect("system:dataSet"))["success"] is False
+    assert (await client.expect("system:error"))["code"] == "FORBIDDEN"
+    await client.emit("system:setData", {"profile": {"a": 1}})
+    assert (await client.expect("system:dataSet"))["success"] is True
 
 
-async def test_broadcast_needs_the_role(auth_server) -> None:
-    plain, caster = Client(auth_server.url), Client(auth_server.url)
-    try:
-        await plain.connect(auth={"token": token("plain", aud="wshub")})
-        await caster.connect(auth={"token": token("caster", aud="wshub", roles=["broadcaster"])})
-        await plain.emit("system:general", {"type": "x"})
-        error = await plain.expect("system:error")
-        assert error["code"] == "FORBIDDEN" and "broadcaster" in error["message"]
-        await caster.emit("system:general", {"type": "x"})
-        assert (await plain.expect("system:general"))["sender"]["username"] == "caster"
-    finally:
-        await plain.close()
-        await caster.close()
+async def test_broadcast_needs_the_role(auth_server, clients) -> None:
+    plain, caster = clients.new(auth_server.url), clients.new(auth_server.url)
+    await plain.connect(auth={"token": token("plain", aud="wshub")})
+    await caster.connect(auth={"token": token("caster", aud="wshub", roles=["broadcaster"])})
+    await plain.emit("system:general", {"type": "x"})
+    error = await plain.expect("system:error")
+    assert error["code"] == "FORBIDDEN" and "broadcaster" in error["message"]
+    await caster.emit("system:general", {"type": "x"})
+    assert (await plain.expect("system:general"))["sender"]["username"] == "caster"
 
 
-async def test_connection_ends_when_its_token_expires(auth_server) -> None:
-    client = Client(auth_server.url)
-    await client.connect(auth={"token": token(aud="wshub", ttl=1.0)})
+async def test_connection_ends_when_its_token_expires(auth_server, clients) -> None:
+    client = await clients.new(auth_server.url).connect(auth={"token": token(aud="wshub", ttl=1.0)})
     notice = await client.expect("system:disconnect", timeout=4)
     assert notice["reason"] == "token_expired"
     assert notice["reconnect"] == "reconnect with a fresh token"
     await asyncio.wait_for(client.disconnected.wait(), 3)
 
 
-async def test_second_connection_of_the_same_user_is_refused(auth_server) -> None:
-    first = Client(auth_server.url)
-    try:
-        await first.connect(auth={"token": token(aud="wshub")})
-        reason = await refused(auth_server.url, auth={"token": token(aud="wshub")})
-        assert "One or more namespaces failed" in reason or "already connected" in reason
-    finally:
-        await first.close()
+async def test_second_connection_of_the_same_user_is_refused(auth_server, clients) -> None:
+    await clients.new(auth_server.url).connect(auth={"token": token(aud="wshub")})
+    reason = await refused(auth_server.url, auth={"token": token(aud="wshub")})
+    assert "One or more namespaces failed" in reason or "already connected" in reason
 
 
-async def test_es256_public_key(server_factory, tmp_path) -> None:
+async def test_es256_public_key(server_factory, clients, tmp_path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     public = tmp_path / "jwt.pub"
     public.write_bytes(
@@ -135,12 +114,9 @@ async def test_es256_public_key(server_factory, tmp_path) -> None:
     good = jwt.encode(
         {"sub": "erin", "exp": time.time() + 60, "iss": "idp"}, key, algorithm="ES256"
     )
-    client = Client(server.url)
-    try:
-        await client.connect(auth={"token": good})
-        await client.login("erin")
-    finally:
-        await client.close()
+    client = await clients.new(server.url).connect(auth={"token": good})
+    await client.login("erin")
+    await client.close()  # erin leaves: only its signature can get the forged token refused
     forged = jwt.encode(
         {"sub": "erin", "exp": time.time() + 60, "iss": "idp"},
         ec.generate_private_key(ec.SECP256R1()),

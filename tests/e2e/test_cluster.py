@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
 import signal
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support.client import Client
+from tests.support.ops import get, sample, scrape
 from tests.support.process import GatewayProcess
 from tests.support.redis_server import RedisServer
+from tests.support.wait import wait_until
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -57,99 +52,73 @@ def cluster() -> Iterator[list[GatewayProcess]]:
         node.stop()
 
 
-def fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return str(response.read().decode())
-
-
 def ready(node: GatewayProcess) -> tuple[int, dict[str, object]]:
-    try:
-        with urllib.request.urlopen(node.url + "/ready", timeout=2) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    status, body = get(node.url + "/ready")
+    return status, json.loads(body)
 
 
-async def wait_until(predicate, timeout: float = 10.0, step: float = 0.1) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(step)
+async def test_one_hub_across_processes(cluster, clients) -> None:
+    a = await clients.connect(cluster[0].url, "alice")
+    b = await clients.connect(cluster[1].url)
+    await b.login("bob", following=["alice"])
+    c = await clients.connect(cluster[2].url)
+    # usernames are unique across processes
+    await c.emit("system:setData", {"username": "alice"})
+    assert (await c.expect("system:dataSet"))["error"] == "Username already taken"
+    assert (await c.expect("system:error"))["code"] == "DUPLICATE_USERNAME"
+    await c.login("carol")
+    # direct message crosses processes
+    await a.emit("system:direct", {"target": "bob", "type": "chat", "text": "hi"})
+    got = await b.expect("system:direct")
+    assert got["text"] == "hi" and got["sender"]["username"] == "alice"
+    assert (await a.expect("system:directSent"))["success"] is True
+    # broadcast reaches every process exactly once
+    await a.emit("system:general", {"type": "news", "n": 1})
+    for client in (a, b, c):
+        assert (await client.expect("system:general"))["n"] == 1
+        await client.expect_none("system:general", within=0.2)
+    # notification to followers on another process
+    ack = await a.call("system:notification", {"type": "post", "content": {"id": 9}})
+    assert ack["recipientCount"] == 1
+    assert (await b.expect("system:notification"))["content"] == {"id": 9}
+    # typing crosses processes
+    await c.emit("system:typingStart", {"target": "alice"})
+    assert (await a.expect("system:typingUpdate"))["sender"]["username"] == "carol"
+    # one client list, stats summed
+    listing = await c.call("system:clients")
+    assert sorted(x["username"] for x in listing["clients"]) == ["alice", "bob", "carol"]
+
+    async def stats_show_three() -> bool:
+        while not a.events["system:stats"].empty():
+            if a.events["system:stats"].get_nowait()["activeConnections"] == 3:
+                return True
+        return False
+
+    await wait_until(stats_show_three, timeout=5)
+    assert ready(cluster[0])[0] == 200
 
 
-async def test_one_hub_across_processes(cluster) -> None:
-    a, b, c = (Client(node.url) for node in cluster)
-    try:
-        await (await a.connect()).login("alice")
-        await (await b.connect()).login("bob", following=["alice"])
-        await c.connect()
-        # usernames are unique across processes
-        await c.emit("system:setData", {"username": "alice"})
-        assert (await c.expect("system:dataSet"))["error"] == "Username already taken"
-        assert (await c.expect("system:error"))["code"] == "DUPLICATE_USERNAME"
-        await c.login("carol")
-        # direct message crosses processes
-        await a.emit("system:direct", {"target": "bob", "type": "chat", "text": "hi"})
-        got = await b.expect("system:direct")
-        assert got["text"] == "hi" and got["sender"]["username"] == "alice"
-        assert (await a.expect("system:directSent"))["success"] is True
-        # broadcast reaches every process exactly once
-        await a.emit("system:general", {"type": "news", "n": 1})
-        for client in (a, b, c):
-            assert (await client.expect("system:general"))["n"] == 1
-            await client.expect_none("system:general", within=0.2)
-        # notification to followers on another process
-        ack = await a.call("system:notification", {"type": "post", "content": {"id": 9}})
-        assert ack["recipientCount"] == 1
-        assert (await b.expect("system:notification"))["content"] == {"id": 9}
-        # typing crosses processes
-        await c.emit("system:typingStart", {"target": "alice"})
-        assert (await a.expect("system:typingUpdate"))["sender"]["username"] == "carol"
-        # one client list, stats summed
-        listing = await c.call("system:clients")
-        assert sorted(x["username"] for x in listing["clients"]) == ["alice", "bob", "carol"]
+async def test_a_killed_process_frees_its_names(cluster, clients) -> None:
+    await clients.connect(cluster[0].url, "doomed")
+    survivor = await clients.connect(cluster[1].url, "survivor")
+    cluster[0].signal(signal.SIGKILL)
+    cluster[0].wait(5)
 
-        async def stats_show_three() -> bool:
-            while not a.events["system:stats"].empty():
-                if a.events["system:stats"].get_nowait()["activeConnections"] == 3:
-                    return True
-            return False
+    async def name_free() -> bool:
+        listing = await survivor.call("system:clients")
+        return [x["username"] for x in listing["clients"]] == ["survivor"]
 
-        await wait_until(stats_show_three, timeout=5)
-        assert ready(cluster[0])[0] == 200
-    finally:
-        for client in (a, b, c):
-            await client.close()
+    await wait_until(name_free, timeout=5)  # lease 1 s: reaped within ~1.4 s
+    await survivor.login("doomed")
 
 
-async def test_a_killed_process_frees_its_names(cluster) -> None:
-    victim, survivor = Client(cluster[0].url), Client(cluster[1].url)
-    try:
-        await (await victim.connect()).login("doomed")
-        await (await survivor.connect()).login("survivor")
-        cluster[0].signal(signal.SIGKILL)
-        cluster[0].wait(5)
-
-        async def name_free() -> bool:
-            listing = await survivor.call("system:clients")
-            return [x["username"] for x in listing["clients"]] == ["survivor"]
-
-        await wait_until(name_free, timeout=5)  # lease 1 s: reaped within ~1.4 s
-        await survivor.login("doomed")
-    finally:
-        await survivor.close()
-
-
-async def test_redis_restart_is_survived() -> None:
+async def test_redis_restart_is_survived(clients) -> None:
     redis = RedisServer().start()
     env = cluster_env(redis.url)
     nodes = [GatewayProcess(env=env).start() for _ in range(2)]
-    a, b = Client(nodes[0].url), Client(nodes[1].url)
     try:
-        await (await a.connect()).login("alice")
-        await (await b.connect()).login("bob")
+        a = await clients.connect(nodes[0].url, "alice")
+        b = await clients.connect(nodes[1].url, "bob")
         redis.kill()
 
         async def not_ready() -> bool:
@@ -170,44 +139,26 @@ async def test_redis_restart_is_survived() -> None:
         await a.emit("system:direct", {"target": "bob", "type": "chat", "text": "back"})
         assert (await b.expect("system:direct", timeout=5))["text"] == "back"
     finally:
-        await a.close()
-        await b.close()
+        await clients.close_all()
         for node in nodes:
             node.stop()
         redis.kill()
 
 
-async def test_several_workers_in_one_process_group() -> None:
+async def test_several_workers_in_one_process_group(clients) -> None:
     env = cluster_env()
     node = GatewayProcess(args=["--workers", "2"], env=env).start()
-    clients = [Client(node.url) for _ in range(12)]
     try:
-        for n, client in enumerate(clients):
-            await (await client.connect()).login(f"user{n}")
-        listing = await clients[0].call("system:clients")
+        users = [await clients.connect(node.url, f"user{n}") for n in range(12)]
+        listing = await users[0].call("system:clients")
         assert listing["count"] == 12
         for n in range(1, 12):
-            await clients[0].emit("system:direct", {"target": f"user{n}", "type": "t", "n": n})
+            await users[0].emit("system:direct", {"target": f"user{n}", "type": "t", "n": n})
         for n in range(1, 12):
-            assert (await clients[n].expect("system:direct"))["n"] == n
-        text = await asyncio.to_thread(fetch, node.url + "/metrics")
-        line = next(x for x in text.splitlines() if x.startswith("wshub_connections_active "))
-        assert float(line.split()[1]) == 12.0, line  # both workers' connections in one scrape
+            assert (await users[n].expect("system:direct"))["n"] == n
+        text = await scrape(node.url)
+        # both workers' connections in one scrape
+        assert sample(text, "wshub_connections_active") == 12.0
     finally:
-        for client in clients:
-            await client.close()
+        await clients.close_all()
         node.stop()
-
-
-def test_several_workers_need_redis() -> None:
-    if shutil.which(sys.executable) is None:
-        pytest.skip("no interpreter")
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--workers", "2", "--bind", "127.0.0.1:0"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and "WSHUB_BACKEND=redis" in done.stderr

@@ -2,8 +2,6 @@
 
 import re
 
-from tests.support.client import Client
-
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
@@ -109,16 +107,11 @@ async def test_direct_requires_a_username(connect) -> None:
     assert (await anonymous.expect("system:error"))["code"] == "NO_USERNAME"
 
 
-async def test_direct_messages_keep_their_order(server_factory) -> None:
+async def test_direct_messages_keep_their_order(server_factory, clients) -> None:
     server = server_factory(rate_limit_burst=200)
-    alice, bob = Client(server.url), Client(server.url)
-    try:
-        await (await alice.connect()).login("alice")
-        await (await bob.connect()).login("bob")
-        for seq in range(150):
-            await alice.emit("system:direct", {"target": "bob", "type": "chat", "seq": seq})
-        received = [(await bob.expect("system:direct"))["seq"] for _ in range(150)]
-        assert received == list(range(150))
-    finally:
-        await alice.close()
-        await bob.close()
+    alice = await clients.connect(server.url, "alice")
+    bob = await clients.connect(server.url, "bob")
+    for seq in range(150):
+        await alice.emit("system:direct", {"target": "bob", "type": "chat", "seq": seq})
+    received = [(await bob.expect("system:direct"))["seq"] for _ in range(150)]
+    assert received == list(range(150))

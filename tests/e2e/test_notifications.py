@@ -1,7 +1,5 @@
 """system:notification to targets and to followers."""
 
-from tests.support.client import Client
-
 
 async def test_notification_to_targets(connect) -> None:
     alice = await connect("alice")
@@ -65,27 +63,19 @@ async def test_notification_content_must_be_an_object(connect) -> None:
     assert error["code"] == "INVALID_FORMAT" and "content" in error["message"]
 
 
-async def test_notification_content_over_the_limit(server_factory) -> None:
+async def test_notification_content_over_the_limit(server_factory, clients) -> None:
     server = server_factory(max_notification_bytes=100)
-    alice = Client(server.url)
-    try:
-        await (await alice.connect()).login("alice")
-        await alice.emit("system:notification", {"type": "t", "content": {"x": "y" * 200}})
-        error = await alice.expect("system:error")
-        assert error["code"] == "PAYLOAD_TOO_LARGE" and "max_notification_bytes" in error["message"]
-    finally:
-        await alice.close()
+    alice = await clients.connect(server.url, "alice")
+    await alice.emit("system:notification", {"type": "t", "content": {"x": "y" * 200}})
+    error = await alice.expect("system:error")
+    assert error["code"] == "PAYLOAD_TOO_LARGE" and "max_notification_bytes" in error["message"]
 
 
-async def test_too_many_targets(server_factory) -> None:
+async def test_too_many_targets(server_factory, clients) -> None:
     server = server_factory(max_targets=2)
-    alice = Client(server.url)
-    try:
-        await (await alice.connect()).login("alice")
-        await alice.emit(
-            "system:notification", {"type": "t", "content": {}, "targets": ["a", "b", "c"]}
-        )
-        error = await alice.expect("system:error")
-        assert error["code"] == "INVALID_FORMAT" and "targets" in error["message"]
-    finally:
-        await alice.close()
+    alice = await clients.connect(server.url, "alice")
+    await alice.emit(
+        "system:notification", {"type": "t", "content": {}, "targets": ["a", "b", "c"]}
+    )
+    error = await alice.expect("system:error")
+    assert error["code"] == "INVALID_FORMAT" and "targets" in error["message"]

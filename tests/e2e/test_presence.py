@@ -128,28 +128,20 @@ async def test_invalid_username_is_refused_naming_the_field(connect) -> None:
         assert "username" in error["message"]
 
 
-async def test_too_many_followed_users_is_refused(server_factory) -> None:
+async def test_too_many_followed_users_is_refused(server_factory, clients) -> None:
     server = server_factory(max_following=2)
-    client = Client(server.url)
-    await client.connect()
-    try:
-        await client.emit("system:setData", {"following": ["a", "b", "c"]})
-        error = await client.expect("system:error")
-        assert error["code"] == "INVALID_FORMAT" and "following" in error["message"]
-    finally:
-        await client.close()
+    client = await clients.connect(server.url)
+    await client.emit("system:setData", {"following": ["a", "b", "c"]})
+    error = await client.expect("system:error")
+    assert error["code"] == "INVALID_FORMAT" and "following" in error["message"]
 
 
-async def test_metadata_over_the_limit_is_refused(server_factory) -> None:
+async def test_metadata_over_the_limit_is_refused(server_factory, clients) -> None:
     server = server_factory(max_metadata_bytes=1024)
-    client = Client(server.url)
-    await client.connect()
-    try:
-        await client.emit("system:setData", {"username": "big", "profile": {"bio": "x" * 2000}})
-        failure = await client.expect("system:dataSet")
-        assert failure["success"] is False
-        error = await client.expect("system:error")
-        assert error["code"] == "PAYLOAD_TOO_LARGE" and "max_metadata_bytes" in error["message"]
-        await client.login("small")  # still usable
-    finally:
-        await client.close()
+    client = await clients.connect(server.url)
+    await client.emit("system:setData", {"username": "big", "profile": {"bio": "x" * 2000}})
+    failure = await client.expect("system:dataSet")
+    assert failure["success"] is False
+    error = await client.expect("system:error")
+    assert error["code"] == "PAYLOAD_TOO_LARGE" and "max_metadata_bytes" in error["message"]
+    await client.login("small")  # still usable

@@ -5,8 +5,6 @@ import re
 
 import aiohttp
 
-from tests.support.client import Client
-
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
@@ -18,51 +16,39 @@ async def test_client_ping_answers_pong(connect) -> None:
     assert (await client.call("client-ping")).keys() == {"timestamp"}
 
 
-async def test_get_config(server_factory) -> None:
+async def test_get_config(server_factory, clients) -> None:
     server = server_factory(
         heartbeat_interval=20,
         heartbeat_timeout=4,
         max_message_bytes=5000,
         max_notification_bytes=1000,
     )
-    client = Client(server.url)
-    await client.connect()
-    try:
-        await client.emit("system:getConfig")
-        config = await client.expect("system:config")
-        assert config["heartbeat"] == {"interval": 20000, "timeout": 4000}
-        assert config["security"] == {"maxMessageSize": 5000}
-        assert config["notifications"] == {"maxContentSize": 1000}
-        assert config["appInfo"]["name"] == "WS-Hub"
-    finally:
-        await client.close()
+    client = await clients.connect(server.url)
+    await client.emit("system:getConfig")
+    config = await client.expect("system:config")
+    assert config["heartbeat"] == {"interval": 20000, "timeout": 4000}
+    assert config["security"] == {"maxMessageSize": 5000}
+    assert config["notifications"] == {"maxContentSize": 1000}
+    assert config["appInfo"]["name"] == "WS-Hub"
 
 
-async def test_stats_are_periodic_and_coalesced(server_factory) -> None:
+async def test_stats_are_periodic_and_coalesced(server_factory, clients) -> None:
     server = server_factory(stats_interval=0.3)
-    first = Client(server.url)
-    await first.connect()
-    others = [Client(server.url) for _ in range(5)]
-    try:
-        for other in others:
-            await other.connect()
+    first = await clients.connect(server.url)
+    others = [await clients.connect(server.url) for _ in range(5)]
+    stats = await first.expect("system:stats", timeout=2)
+    assert set(stats) == {"activeConnections", "totalConnections", "timestamp"}
+    # Six connects within one interval give one update, not six.
+    while stats["activeConnections"] < 6:
         stats = await first.expect("system:stats", timeout=2)
-        assert set(stats) == {"activeConnections", "totalConnections", "timestamp"}
-        # Six connects within one interval give one update, not six.
-        while stats["activeConnections"] < 6:
-            stats = await first.expect("system:stats", timeout=2)
-        assert stats["activeConnections"] == 6 and stats["totalConnections"] == 6
-        seen = [e for e, _ in first.log if e == "system:stats"]
-        assert len(seen) <= 2
-        # Nothing changes: no further stats.
-        await first.expect_none("system:stats", within=0.7)
-        await others[0].close()
-        stats = await first.expect("system:stats", timeout=2)
-        assert stats["activeConnections"] == 5 and stats["totalConnections"] == 6
-    finally:
-        await first.close()
-        for other in others:
-            await other.close()
+    assert stats["activeConnections"] == 6 and stats["totalConnections"] == 6
+    seen = [e for e, _ in first.log if e == "system:stats"]
+    assert len(seen) <= 2
+    # Nothing changes: no further stats.
+    await first.expect_none("system:stats", within=0.7)
+    await others[0].close()
+    stats = await first.expect("system:stats", timeout=2)
+    assert stats["activeConnections"] == 5 and stats["totalConnections"] == 6
 
 
 async def test_unknown_event_is_answered(connect) -> None:
@@ -114,35 +100,25 @@ async def test_binary_attachments_are_refused(connect) -> None:
     assert "timestamp" in await client.call("client-ping")
 
 
-async def test_polling_transport_with_upgrade(server) -> None:
-    alice = Client(server.url, transports=["polling", "websocket"])
-    bob = Client(server.url, transports=["polling"])
-    try:
-        await alice.connect()
-        await bob.connect()
-        await alice.login("alice")
-        await bob.login("bob")
-        await alice.emit("system:direct", {"target": "bob", "type": "chat", "n": 1})
-        assert (await bob.expect("system:direct"))["n"] == 1
-        await bob.emit("system:direct", {"target": "alice", "type": "chat", "n": 2})
-        assert (await alice.expect("system:direct"))["n"] == 2
-    finally:
-        await alice.close()
-        await bob.close()
+async def test_polling_transport_with_upgrade(connect) -> None:
+    alice = await connect(transports=["polling", "websocket"])
+    bob = await connect(transports=["polling"])
+    await alice.login("alice")
+    await bob.login("bob")
+    await alice.emit("system:direct", {"target": "bob", "type": "chat", "n": 1})
+    assert (await bob.expect("system:direct"))["n"] == 1
+    await bob.emit("system:direct", {"target": "alice", "type": "chat", "n": 2})
+    assert (await alice.expect("system:direct"))["n"] == 2
 
 
-async def test_http_index_and_health(server) -> None:
+async def test_http_index_and_health(server, connect) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(server.url + "/") as response:
             assert response.status == 200
             text = await response.text()
             assert "WS-Hub" in text and "/socket.io/" in text
-        client = Client(server.url)
-        await client.connect()
-        try:
-            async with session.get(server.url + "/health") as response:
-                health = await response.json()
-            assert health["status"] == "ok" and health["activeConnections"] == 1
-            assert health["uptime"] >= 0
-        finally:
-            await client.close()
+        await connect()
+        async with session.get(server.url + "/health") as response:
+            health = await response.json()
+        assert health["status"] == "ok" and health["activeConnections"] == 1
+        assert health["uptime"] >= 0

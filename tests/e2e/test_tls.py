@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from gateway.app import CERTIFICATE_REFRESH_MESSAGE
-from tests.support.client import Client
 from tests.support.process import GatewayProcess
 from tests.support.tls import (
     Issuer,
@@ -20,6 +19,7 @@ from tests.support.tls import (
     write_atomic,
     write_in_place,
 )
+from tests.support.wait import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -77,55 +77,48 @@ async def test_rotation_reaches_new_handshakes(server_factory, cert_dir, ca, sni
 
 
 async def test_open_socketio_connection_survives_and_is_told_once(
-    server_factory, cert_dir, ca
+    server_factory, clients, cert_dir, ca
 ) -> None:
     server = server_factory(config=tls_config(cert_dir), **FAST)
-    alice, bob = Client(server.url, ssl_verify=False), Client(server.url, ssl_verify=False)
-    try:
-        await (await alice.connect()).login("alice")
-        await (await bob.connect()).login("bob")
-        new = ca.issue(0x1002)
-        # Non-atomic, one file after the other: the worst a writer can do.
-        write_in_place(cert_dir / "cert.pem", new.cert_pem)
-        write_in_place(cert_dir / "key.pem", new.key_pem)
-        await wait_for_serial(server.port, ca, 0x1002)
-        refresh = await alice.expect("system:certificateRefresh", timeout=3)
-        assert refresh["message"] == CERTIFICATE_REFRESH_MESSAGE
-        assert refresh["timestamp"].endswith("Z")
-        await alice.expect_none("system:certificateRefresh", within=0.5)  # exactly one
-        await alice.emit("system:direct", {"target": "bob", "type": "chat", "n": 1})
-        assert (await bob.expect("system:direct"))["n"] == 1
-        assert alice.sio.connected and bob.sio.connected
-    finally:
-        await alice.close()
-        await bob.close()
+    alice = await clients.connect(server.url, "alice", ssl_verify=False)
+    bob = await clients.connect(server.url, "bob", ssl_verify=False)
+    new = ca.issue(0x1002)
+    # Non-atomic, one file after the other: the worst a writer can do.
+    write_in_place(cert_dir / "cert.pem", new.cert_pem)
+    write_in_place(cert_dir / "key.pem", new.key_pem)
+    await wait_for_serial(server.port, ca, 0x1002)
+    refresh = await alice.expect("system:certificateRefresh", timeout=3)
+    assert refresh["message"] == CERTIFICATE_REFRESH_MESSAGE
+    assert refresh["timestamp"].endswith("Z")
+    await alice.expect_none("system:certificateRefresh", within=0.5)  # exactly one
+    await alice.emit("system:direct", {"target": "bob", "type": "chat", "n": 1})
+    assert (await bob.expect("system:direct"))["n"] == 1
+    assert alice.sio.connected and bob.sio.connected
 
 
-async def test_mismatched_or_expired_pairs_are_never_served(server_factory, cert_dir, ca) -> None:
+async def test_mismatched_or_expired_pairs_are_never_served(
+    server_factory, clients, cert_dir, ca
+) -> None:
     server = server_factory(config=tls_config(cert_dir), **FAST)
-    client = Client(server.url, ssl_verify=False)
-    await client.connect()
-    try:
-        other = ca.issue(0x2002)
-        write_atomic(cert_dir / "cert.pem", other.cert_pem)  # key still the old one
-        await asyncio.sleep(0.4)
-        assert await served_serial(server.port, ca) == 0x1001
-        from datetime import UTC, datetime, timedelta
+    client = await clients.connect(server.url, ssl_verify=False)
+    other = ca.issue(0x2002)
+    write_atomic(cert_dir / "cert.pem", other.cert_pem)  # key still the old one
+    await asyncio.sleep(0.4)
+    assert await served_serial(server.port, ca) == 0x1001
+    from datetime import UTC, datetime, timedelta
 
-        old = datetime.now(UTC) - timedelta(days=10)
-        expired = ca.issue(0x3003, not_before=old, not_after=old + timedelta(days=1))
-        write_atomic(cert_dir / "key.pem", expired.key_pem)
-        write_atomic(cert_dir / "cert.pem", expired.cert_pem)
-        await asyncio.sleep(0.4)
-        assert await served_serial(server.port, ca) == 0x1001
-        write_atomic(cert_dir / "cert.pem", b"-----BEGIN CERTIFICATE-----\nMIIB")  # half written
-        await asyncio.sleep(0.4)
-        assert await served_serial(server.port, ca) == 0x1001
-        await client.expect_none("system:certificateRefresh", within=0.1)
-        assert server.gateway is not None and server.gateway.tls is not None
-        assert server.gateway.tls.reloads_rejected >= 3
-    finally:
-        await client.close()
+    old = datetime.now(UTC) - timedelta(days=10)
+    expired = ca.issue(0x3003, not_before=old, not_after=old + timedelta(days=1))
+    write_atomic(cert_dir / "key.pem", expired.key_pem)
+    write_atomic(cert_dir / "cert.pem", expired.cert_pem)
+    await asyncio.sleep(0.4)
+    assert await served_serial(server.port, ca) == 0x1001
+    write_atomic(cert_dir / "cert.pem", b"-----BEGIN CERTIFICATE-----\nMIIB")  # half written
+    await asyncio.sleep(0.4)
+    assert await served_serial(server.port, ca) == 0x1001
+    await client.expect_none("system:certificateRefresh", within=0.1)
+    assert server.gateway is not None and server.gateway.tls is not None
+    assert server.gateway.tls.reloads_rejected >= 3
 
 
 async def test_health_reports_the_served_certificate(server_factory, cert_dir) -> None:
@@ -183,15 +176,16 @@ async def test_mutual_tls_with_ca_removal(server_factory, tmp_path, ca) -> None:
     assert await accepted(from_a) and await accepted(from_b)
     assert not await accepted(None)
     write_atomic(tmp_path / "clients.pem", ca_a.cert_pem)  # CA B removed
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while await accepted(from_b) and loop.time() < deadline:  # noqa: ASYNC110 - polls a server
-        await asyncio.sleep(0.05)
+
+    async def b_refused() -> bool:
+        return not await accepted(from_b)
+
+    await wait_until(b_refused, timeout=5, step=0.05)
     assert not await accepted(from_b)
     assert await accepted(from_a)
 
 
-async def test_sighup_reloads_in_place(tmp_path, cert_dir, ca) -> None:
+async def test_sighup_reloads_in_place(clients, tmp_path, cert_dir, ca) -> None:
     """SIGHUP reloads without a restart; the watcher is slowed down so only SIGHUP can do it."""
     gateway = GatewayProcess(
         args=["--certfile", str(cert_dir / "cert.pem"), "--keyfile", str(cert_dir / "key.pem")],
@@ -203,9 +197,8 @@ async def test_sighup_reloads_in_place(tmp_path, cert_dir, ca) -> None:
         scheme="https",
     )
     gateway.start(health_scheme="https")
-    client = Client(gateway.url, ssl_verify=False)
     try:
-        await client.connect()
+        client = await clients.connect(gateway.url, ssl_verify=False)
         new = ca.issue(0x1002)
         write_in_place(cert_dir / "key.pem", new.key_pem)
         write_in_place(cert_dir / "cert.pem", new.cert_pem)
@@ -217,11 +210,11 @@ async def test_sighup_reloads_in_place(tmp_path, cert_dir, ca) -> None:
         assert client.sio.connected
         assert gateway.proc is not None and gateway.proc.poll() is None
     finally:
-        await client.close()
+        await clients.close_all()
         gateway.stop()
 
 
-async def test_workers_reload_in_place_on_sighup(cert_dir, ca) -> None:
+async def test_workers_reload_in_place_on_sighup(clients, cert_dir, ca) -> None:
     """Two workers: SIGHUP reaches both through the supervisor; nobody is restarted."""
     from tests.e2e.test_cluster import cluster_env, redis_up
 
@@ -233,16 +226,20 @@ async def test_workers_reload_in_place_on_sighup(cert_dir, ca) -> None:
         WSHUB_TLS_RECHECK_INTERVAL="3600",
     )
     gateway = GatewayProcess(
-        args=["--workers", "2", "--certfile", str(cert_dir / "cert.pem"),
-              "--keyfile", str(cert_dir / "key.pem")],
+        args=[
+            "--workers",
+            "2",
+            "--certfile",
+            str(cert_dir / "cert.pem"),
+            "--keyfile",
+            str(cert_dir / "key.pem"),
+        ],
         env=env,
         scheme="https",
     )
     gateway.start(health_scheme="https")
-    clients = [Client(gateway.url, ssl_verify=False) for _ in range(6)]
     try:
-        for client in clients:
-            await client.connect()
+        connected = [await clients.connect(gateway.url, ssl_verify=False) for _ in range(6)]
         new = ca.issue(0x1002)
         write_atomic(cert_dir / "key.pem", new.key_pem)
         write_atomic(cert_dir / "cert.pem", new.cert_pem)
@@ -251,14 +248,13 @@ async def test_workers_reload_in_place_on_sighup(cert_dir, ca) -> None:
         await asyncio.sleep(0.3)  # the other worker too
         serials = [await served_serial(gateway.port, ca) for _ in range(20)]
         assert serials == [0x1002] * 20
-        for client in clients:  # every client, on either worker, is told once
+        for client in connected:  # every client, on either worker, is told once
             await client.expect("system:certificateRefresh", timeout=3)
             await client.expect_none("system:certificateRefresh", within=0.05)
             assert client.sio.connected
         assert gateway.proc is not None and gateway.proc.poll() is None
     finally:
-        for client in clients:
-            await client.close()
+        await clients.close_all()
         gateway.stop()
 
 

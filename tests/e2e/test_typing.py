@@ -2,8 +2,6 @@
 
 import asyncio
 
-from tests.support.client import Client
-
 
 async def test_typing_start_and_stop_reach_the_target(connect) -> None:
     alice = await connect("alice")
@@ -19,41 +17,31 @@ async def test_typing_start_and_stop_reach_the_target(connect) -> None:
     assert (await bob.expect("system:typingUpdate"))["isTyping"] is False
 
 
-async def test_typing_stops_by_itself_after_the_timeout(server_factory) -> None:
+async def test_typing_stops_by_itself_after_the_timeout(server_factory, clients) -> None:
     server = server_factory(typing_timeout=0.3)
-    alice, bob = Client(server.url), Client(server.url)
-    try:
-        await (await alice.connect()).login("alice")
-        await (await bob.connect()).login("bob")
-        await alice.emit("system:typingStart", {"target": "bob"})
-        assert (await bob.expect("system:typingUpdate"))["isTyping"] is True
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        stop = await bob.expect("system:typingUpdate", timeout=2)
-        assert stop["isTyping"] is False and stop["sender"]["username"] == "alice"
-        assert 0.2 <= loop.time() - started < 1.5
-    finally:
-        await alice.close()
-        await bob.close()
+    alice = await clients.connect(server.url, "alice")
+    bob = await clients.connect(server.url, "bob")
+    await alice.emit("system:typingStart", {"target": "bob"})
+    assert (await bob.expect("system:typingUpdate"))["isTyping"] is True
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    stop = await bob.expect("system:typingUpdate", timeout=2)
+    assert stop["isTyping"] is False and stop["sender"]["username"] == "alice"
+    assert 0.2 <= loop.time() - started < 1.5
 
 
-async def test_repeated_starts_refresh_the_timeout(server_factory) -> None:
+async def test_repeated_starts_refresh_the_timeout(server_factory, clients) -> None:
     server = server_factory(typing_timeout=0.5)
-    alice, bob = Client(server.url), Client(server.url)
-    try:
-        await (await alice.connect()).login("alice")
-        await (await bob.connect()).login("bob")
+    alice = await clients.connect(server.url, "alice")
+    bob = await clients.connect(server.url, "bob")
+    await alice.emit("system:typingStart", {"target": "bob"})
+    await bob.expect("system:typingUpdate")
+    for _ in range(3):
+        await asyncio.sleep(0.25)
         await alice.emit("system:typingStart", {"target": "bob"})
-        await bob.expect("system:typingUpdate")
-        for _ in range(3):
-            await asyncio.sleep(0.25)
-            await alice.emit("system:typingStart", {"target": "bob"})
-        # 0.75 s after the first start, still typing: refreshes sent no new update or stop
-        await bob.expect_none("system:typingUpdate", within=0.1)
-        assert (await bob.expect("system:typingUpdate", timeout=2))["isTyping"] is False
-    finally:
-        await alice.close()
-        await bob.close()
+    # 0.75 s after the first start, still typing: refreshes sent no new update or stop
+    await bob.expect_none("system:typingUpdate", within=0.1)
+    assert (await bob.expect("system:typingUpdate", timeout=2))["isTyping"] is False
 
 
 async def test_typing_stops_when_the_sender_disconnects(connect) -> None:

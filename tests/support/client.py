@@ -79,3 +79,28 @@ class Client:
     async def close(self) -> None:
         if self.sio.connected:
             await self.sio.disconnect()
+
+
+class Clients:
+    """The clients of one test: each is closed at the end (``close_all``), whatever happened."""
+
+    def __init__(self) -> None:
+        self.made: list[Client] = []
+
+    def new(self, url: str, **client_kwargs: Any) -> Client:
+        """A client that is not connected yet (to connect it with ``auth`` or ``headers``)."""
+        client = Client(url, **client_kwargs)
+        self.made.append(client)
+        return client
+
+    async def connect(self, url: str, username: str | None = None, **client_kwargs: Any) -> Client:
+        """A connected client that has had its welcome, logged in when a username is given."""
+        client = await self.new(url, **client_kwargs).connect()
+        if username is not None:
+            await client.login(username)
+        return client
+
+    async def close_all(self) -> None:
+        """Close every client made so far (closing a closed client does nothing)."""
+        for client in self.made:
+            await client.close()
