@@ -389,6 +389,11 @@ class RedisStore:
         return None
 
     async def get(self, sid: str) -> Presence | None:
+        local = self._mirror.get(sid)
+        if local is not None:
+            # Only this node writes its own connections, so its copy is the truth (it is what a
+            # restore writes back): no round trip for the sender of every event.
+            return Presence(sid, local.connect_time, local.username, orjson.loads(local.metadata))
         with self._guard():
             fields = await self._redis.hmget(
                 self._key("conn", sid), ["connect_time", "username", "metadata"]
