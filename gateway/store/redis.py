@@ -206,6 +206,10 @@ return #sids
 """
 
 
+# Connections to Redis per process; callers beyond it wait for one (up to `timeout`).
+POOL_SIZE = 32
+
+
 @dataclass(frozen=True, slots=True)
 class _Local:
     """What this node knows of one of its own connections, kept encoded for a quick restore."""
@@ -244,13 +248,19 @@ class RedisStore:
         self._clock = clock
         # One immediate retry reconnects a pooled connection that Redis closed (a restart);
         # redis-py's default backoff would stall every call for seconds during an outage.
-        self._redis = aioredis.Redis.from_url(
+        # A blocking pool queues callers when all connections are busy: the default pool
+        # fails them with "Too many connections", which a burst of disconnects (a drain, a
+        # network blip, 500 clients leaving at once) reaches easily.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=POOL_SIZE,
+            timeout=timeout,
             decode_responses=True,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1),
         )
+        self._redis = aioredis.Redis.from_pool(pool)
         script = self._redis.register_script
         self._connect = script(_LUA_COMMON + _CONNECT)
         self._save = script(_LUA_COMMON + _SAVE)

@@ -350,3 +350,14 @@ async def test_healthy_needs_a_current_lease(make_store: StoreFactory) -> None:
     assert store.healthy
     now[0] += LEASE
     assert not store.healthy  # the other nodes may have reaped this one by now
+
+
+async def test_a_burst_of_disconnects_waits_for_the_pool(make_store: StoreFactory) -> None:
+    """Far more simultaneous calls than pooled connections: queued, not failed."""
+    store = await make_store("n1")
+    sids = [f"s{i}" for i in range(300)]
+    await asyncio.gather(*(store.connect(sid, T0) for sid in sids))
+    await asyncio.gather(*(store.save(sid, f"user{sid}", {}) for sid in sids))
+    gone = await asyncio.gather(*(store.disconnect(sid) for sid in sids))
+    assert all(presence is not None for presence in gone)
+    assert (await store.counts()).active == 0
