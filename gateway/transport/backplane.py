@@ -20,10 +20,13 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlparse
 
+import redis.asyncio as aioredis
 import socketio
 
 from ..store.base import StoreUnavailable
+from ..store.redis import POOL_SIZE
 from .manager import DirectEmitManager
 
 log = logging.getLogger("wshub.backplane")
@@ -44,6 +47,19 @@ class GatewayRedisManager(socketio.AsyncRedisManager, DirectEmitManager):  # typ
         self.healthy = False
         self.connected: bool = False
         self._heard: dict[str, asyncio.Event] = {}
+
+    def _redis_connect(self) -> None:
+        if urlparse(self.redis_url).scheme.endswith("+sentinel"):
+            super()._redis_connect()
+            return
+        # As in the presence store: a burst of publishes waits for a pooled connection instead
+        # of failing with "Too many connections" (redis-py's default pool).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.redis_url, max_connections=POOL_SIZE, timeout=self.probe_timeout * 2
+        )
+        self.redis = aioredis.Redis.from_pool(pool)
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.connected = True
 
     async def _listen(self) -> AsyncIterator[Any]:
         async for message in super()._listen():
