@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -410,9 +411,17 @@ class Server:
 
 # ------------------------------------------------------------------------------ one run
 def run_loadgen(
-    server: Server, plan: Plan, opts: dict[str, Any], cafile: Path | None, timeout: float
+    server: Server,
+    plan: Plan,
+    opts: dict[str, Any],
+    cafile: Path | None,
+    timeout: float,
+    extra_sample: Callable[[], dict[str, float]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-    """Run the load generator against *server*; answer its MARK lines with /proc samples."""
+    """Run the load generator against *server*; answer its MARK lines with /proc samples.
+
+    *extra_sample*, when given, is called at each MARK too and its figures join that sample.
+    """
     cmd = [
         "node",
         str(LOADGEN / "loadgen.js"),
@@ -458,6 +467,8 @@ def run_loadgen(
                 text = line.decode(errors="replace")
                 if text.startswith("MARK "):
                     marks[text[5:].strip()] = sample(server.proc.pid, proc.pid)
+                    if extra_sample is not None:
+                        marks[text[5:].strip()].update(extra_sample())
                     proc.stdin.write(b"ok\n")
                     proc.stdin.flush()
                 elif text.startswith("{"):
