@@ -23,6 +23,7 @@ from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from ..app import Gateway
+from ..observability.logs import configure as configure_logging
 from ..observability.metrics import Metrics
 from ..settings import Settings
 from ..tls import TlsReloader
@@ -175,6 +176,7 @@ def run_worker(
     config: GatewayConfig, settings: Settings, listeners: Listeners | None = None
 ) -> None:
     """Blocking entry point of one worker process."""
+    configure_logging(settings.log_level, settings.log_format)  # each worker logs on its own
     gateway = build_gateway(settings, config)
     if listeners is None:
         listeners = create_listeners(config, settings.ops_bind)

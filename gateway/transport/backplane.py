@@ -89,6 +89,7 @@ class GatewayRedisManager(socketio.AsyncRedisManager, DirectEmitManager):  # typ
         nonce = f"{self.host_id}:{uuid.uuid4().hex}"
         heard = self._heard[nonce] = asyncio.Event()
         try:
+            await self._subscribed()
             if not self.connected:
                 self._redis_connect()
             await asyncio.wait_for(
@@ -107,6 +108,14 @@ class GatewayRedisManager(socketio.AsyncRedisManager, DirectEmitManager):  # typ
             log.info("backplane healthy")
         self.healthy = ok
         return ok
+
+    async def _subscribed(self) -> None:
+        """Wait (up to the probe timeout) for the listener's subscription: a probe published
+        before it is in place, right after start or a restart, would go unheard."""
+        async with asyncio.timeout(self.probe_timeout):
+            # redis-py exposes no event for it, only the flag.
+            while not getattr(getattr(self, "pubsub", None), "subscribed", False):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
 
     async def _restart_listener(self) -> None:
         thread = getattr(self, "thread", None)
