@@ -49,6 +49,7 @@ def create_http_app(gateway: Gateway, *, started: float) -> Quart:
             f"{html.escape(settings.backend)} presence store.</p>"
             "<p>Socket.IO endpoint: <code>/socket.io/</code> "
             '(<code>io(location.origin, {path: "/socket.io"})</code>).</p>'
+            '<p><a href="/console">Console</a>: live figures, clients, TLS, and a try-it panel.</p>'
         )
         return Response(body, content_type="text/html; charset=utf-8")
 

@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .material import InvalidMaterial, TlsFiles, read_material, validate
 
-log = logging.getLogger("gateway.tls")
+log = logging.getLogger("wshub.tls")
 
 CERT_NAME = "cert.pem"
 KEY_NAME = "key.pem"

@@ -50,7 +50,7 @@ from .material import (
     validate,
 )
 
-log = logging.getLogger("gateway.tls")
+log = logging.getLogger("wshub.tls")
 
 Outcome = Literal["ok", "rejected", "unchanged"]
 Listener = Callable[[CertInfo], Awaitable[None]]

@@ -272,7 +272,7 @@ async def test_lasting_refusal_escalates_to_error_after_settle(
     make_reloader: MakeReloader,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.tls")
+    caplog.set_level(logging.INFO, logger="wshub.tls")
     reloader = make_reloader(write_pair(ca.issue(0x3801)), settle_seconds=0.3)
     await reloader.start()
     write_atomic(tmp_path / "cert.pem", ca.issue(0x3802).cert_pem)
@@ -295,7 +295,7 @@ async def test_transient_refusal_within_settle_logs_no_error(
     make_reloader: MakeReloader,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.tls")
+    caplog.set_level(logging.INFO, logger="wshub.tls")
     reloader = make_reloader(write_pair(ca.issue(0x3901)), settle_seconds=0.3)
     await reloader.start()
     new = ca.issue(0x3902)
@@ -460,7 +460,7 @@ async def test_expiry_warning_at_start_and_daily(
     make_reloader: MakeReloader,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.tls")
+    caplog.set_level(logging.INFO, logger="wshub.tls")
     clock = FakeClock()
     short = ca.issue(0x3F01, not_after=clock.now + timedelta(days=3))
     reloader = make_reloader(
@@ -490,7 +490,7 @@ async def test_no_expiry_warning_for_a_long_lived_certificate(
     make_reloader: MakeReloader,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.tls")
+    caplog.set_level(logging.INFO, logger="wshub.tls")
     reloader = make_reloader(write_pair(ca.issue(0x3F02)), expiry_warn_days=14)
     await reloader.start()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
