@@ -94,6 +94,20 @@ class BoundedEngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
     on_slow_consumer: Callable[[str], None] | None = None
     """Called with the Engine.IO session id of a client about to be dropped."""
 
+    async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        # The hot path, once per client message: python-socketio's handler, a coroutine, run
+        # inline, without python-engineio's per-call inspect check and closure. Errors are
+        # handled as python-engineio does (logged, never raised into the reader loop).
+        if event != "message" or kwargs.get("run_async"):
+            return await super()._trigger_event(event, *args, **kwargs)
+        try:
+            return await self.handlers["message"](*args)
+        except asyncio.CancelledError:
+            return None
+        except Exception:
+            self.logger.exception("message async handler error")
+            return None
+
     async def send_packet(self, sid: str, pkt: Any) -> None:
         socket = self.sockets.get(sid)
         if socket is None or socket.closed or socket.closing:
