@@ -19,7 +19,3 @@ def iso_timestamp(moment: datetime | None = None) -> str:
     if second[0] != whole:
         second = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
     return f"{second[1]}.{int((now - whole) * 1000):03d}Z"
-
-
-def iso_from_epoch(seconds: float) -> str:
-    return iso_timestamp(datetime.fromtimestamp(seconds, UTC))
