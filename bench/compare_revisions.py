@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -503,14 +504,9 @@ def main() -> int:
                         and time.monotonic() - started < RETRY_CUTOFF_S
                     ):
                         retries_left -= 1
-                        run.log(f"  other processes used {others:.2f} core: running it again")
-                        again = one_run(name, specs[name], scenario, rnd + 1, tmp)
-                        again_others = (again.get("metrics") or {}).get("others_cpu_util")
-                        if again_others is not None and again_others < others:
-                            again["noisy_attempt_others_cpu_util"] = others
-                            entry = again
-                        else:
-                            entry["noisy_retry_others_cpu_util"] = again_others
+                        entry = run.quieter_of(
+                            entry, partial(one_run, name, specs[name], scenario, rnd + 1, tmp)
+                        )
                     if "error" in entry:
                         failures.append(entry["error"].splitlines()[0])
                     runs.append(entry)
