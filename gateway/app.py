@@ -84,6 +84,7 @@ class Gateway:
         self.http = create_http_app(self, started=self.started)
         register_console(self.http, self)
         self._jobs: list[asyncio.Task[Any]] = []
+        self._reloads: set[asyncio.Task[Any]] = set()
         self.http.before_serving(self.start)
         self.http.after_serving(self.stop)
         self.asgi = ClientBundle(
@@ -110,9 +111,10 @@ class Gateway:
     async def stop(self) -> None:
         if self.tls is not None:
             await self.tls.stop()
-        for job in self._jobs:
+        pending = [*self._jobs, *self._reloads]
+        for job in pending:
             job.cancel()
-        await asyncio.gather(*self._jobs, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
         await self.hub.store.close()
 
     async def drain(self) -> None:
@@ -162,7 +164,9 @@ class Gateway:
         """Reload the certificate material now (SIGHUP); a no-op without TLS."""
         if self.tls is not None:
             task = asyncio.get_running_loop().create_task(self.tls.reload(trigger))
-            self._jobs.append(task)
+            # Held until done (the loop keeps only weak references), then forgotten.
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
 
     async def _certificate_reloaded(self, info: CertInfo) -> None:
         self._record_certificate(info)

@@ -34,13 +34,19 @@ class SocketIODelivery:
     async def send_many(
         self, sids: Collection[str], event: str, payload: Mapping[str, Any]
     ) -> None:
-        local = [sid for sid in sids if self._is_local(sid)]
-        remote = [sid for sid in sids if not self._is_local(sid)]
+        local: list[str] = []
+        remote: list[str] = []
+        for sid in sids:
+            (local if self._is_local(sid) else remote).append(sid)
         if local:
             await self._sio.emit(event, payload, to=local, namespace=NAMESPACE, ignore_queue=True)
         if remote:
             await self._sio.emit(event, payload, to=remote, namespace=NAMESPACE)
         self._delivered(event).inc(len(sids))
+
+    def _local_count(self) -> int:
+        """Clients of this process (the manager's room of everyone), without copying it."""
+        return len(self._sio.manager.rooms.get(NAMESPACE, {}).get(None, ()))
 
     def _is_local(self, sid: str) -> bool:
         return bool(self._sio.manager.is_connected(sid, NAMESPACE))
@@ -48,14 +54,10 @@ class SocketIODelivery:
     async def broadcast(
         self, event: str, payload: Mapping[str, Any], *, local_only: bool = False
     ) -> None:
-        local = [sid for sid, _ in self._sio.manager.get_participants(NAMESPACE, None)]
-        if local_only:
-            # ignore_queue: this process's clients only, nothing through the backplane.
-            await self._sio.emit(event, payload, namespace=NAMESPACE, ignore_queue=True)
-            self._delivered(event).inc(len(local))
-        else:
-            await self._sio.emit(event, payload, namespace=NAMESPACE)
-            self._delivered(event).inc(len(local))
+        # ignore_queue: this process's clients only, nothing through the backplane. Other
+        # processes count their own deliveries of a full broadcast.
+        await self._sio.emit(event, payload, namespace=NAMESPACE, ignore_queue=local_only)
+        self._delivered(event).inc(self._local_count())
 
     async def close(self, sid: str, reason: CloseReason, message: str) -> None:
         self.close_reasons[sid] = reason
