@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import socket
 import time
@@ -12,30 +11,32 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import socketio
-
+from .http.asgi import Dispatch
 from .http.client_bundle import ClientBundle
 from .http.console import register_console
 from .http.routes import create_http_app
-from .hub import Hub
+from .hub import Hub, claim_policy
 from .observability.metrics import Metrics, TlsReloadCollector
-from .protocol.close import CloseReason
 from .protocol.events import Outbound
 from .protocol.timestamps import iso_timestamp
+from .sessions import Sessions
 from .settings import Settings
 from .store.base import PresenceStore
 from .store.memory import MemoryStore
 from .store.redis import RedisStore
 from .tls import CertInfo, TlsReloader
-from .transport.backplane import GatewayRedisManager
-from .transport.socketio_server import SocketTransport
+from .transport.admission import Admission, AdmissionPolicy
+from .transport.backplane import Backplane
+from .transport.gate import Gate
+from .transport.peers import Peers
+from .transport.router import Router
+from .transport.socketio_layer import SocketIOLayer
 
 log = logging.getLogger("wshub.app")
 
 CERTIFICATE_REFRESH_MESSAGE = (
     "Server SSL certificates have been updated. You may need to reconnect."
 )
-DRAIN_MESSAGE = "The server is shutting down; reconnect to another instance"
 # Disconnect batches of a drain are this far apart at least.
 _DRAIN_TICK_SECONDS = 0.1
 
@@ -56,7 +57,6 @@ class Gateway:
         self.started = time.monotonic()
         self.draining = False
         self.ops_port: int | None = None
-        self.backplane: GatewayRedisManager | None = None
         if store is None and settings.backend == "redis":
             node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
             store = RedisStore(
@@ -64,40 +64,60 @@ class Gateway:
                 node_id=node_id,
                 prefix=settings.redis_prefix,
                 lease_seconds=settings.redis_lease_seconds,
+                claim=claim_policy(settings),
             )
-            self.backplane = GatewayRedisManager(
-                settings.redis_url,
-                channel=f"{settings.redis_prefix}socketio",
+        store = store or MemoryStore()
+        clock = time.monotonic
+        self.peers = Peers()
+        self.router = Router(
+            self.metrics, node_id=store.node_id, probe_timeout=settings.holder_probe_timeout
+        )
+        self.hub = Hub(settings, store, self.router, metrics=self.metrics)
+        self.sessions = Sessions(settings, self.hub, self.metrics, clock=clock)
+        self.backplane: Backplane | None = None
+        if isinstance(store, RedisStore):
+            self.backplane = Backplane(
+                store.target,
+                self.router,
+                node_id=store.node_id,
+                prefix=settings.redis_prefix,
                 probe_timeout=settings.backplane_probe_timeout,
             )
-        self.transport = SocketTransport(
-            settings, time.monotonic, self.metrics, client_manager=self.backplane
+        self.router.attach(self.sessions, self.backplane)
+        store.on_evicted(self.sessions.evicted)
+        self.transport = SocketIOLayer(settings, self.sessions, self.peers, clock)
+        self.admission = Admission(
+            AdmissionPolicy(
+                max_connections=settings.max_connections,
+                max_per_address=settings.max_connections_per_ip,
+                connect_rate=settings.connect_rate_per_ip,
+                connect_burst=settings.connect_burst_per_ip,
+            ),
+            clock,
         )
-        self.sio = self.transport.sio
-        self.hub = Hub(
-            settings,
-            store or MemoryStore(),
-            self.transport.delivery,
-            metrics=self.metrics,
+        gate = Gate(
+            self.transport.eio.handle_request,
+            self.admission,
+            self.transport,
+            trusted_proxies=settings.trusted_proxies,
+            max_bytes=settings.max_frame_bytes,
+            accepting=lambda: not self.draining,
         )
-        self.transport.bind(self.hub, accepting=lambda: not self.draining)
         self.http = create_http_app(self, started=self.started)
         register_console(self.http, self)
         self._jobs: list[asyncio.Task[Any]] = []
         self._reloads: set[asyncio.Task[Any]] = set()
         self.http.before_serving(self.start)
         self.http.after_serving(self.stop)
-        self.asgi = ClientBundle(
-            socketio.ASGIApp(self.sio, other_asgi_app=self.http, socketio_path="socket.io")
-        )
+        self.asgi = ClientBundle(Dispatch(gate, self.http))
 
     async def start(self) -> None:
         store = self.hub.store
         if isinstance(store, RedisStore):
             await store.start()  # StoreUnavailable here refuses the start: Redis is required
-        self.transport.start_manager()
-        jobs = list(self.hub.background_jobs())
+        jobs = [*self.hub.background_jobs(), self.sessions.run, self.transport.pings.run]
         if self.backplane is not None:
+            await self.backplane.start()
             jobs.append(self._probe_backplane)
         self._jobs = [
             asyncio.create_task(_supervised(job), name=f"wshub:{job.__qualname__}") for job in jobs
@@ -115,6 +135,8 @@ class Gateway:
         for job in pending:
             job.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        if self.backplane is not None:
+            await self.backplane.stop()
         await self.hub.store.close()
 
     async def drain(self) -> None:
@@ -124,24 +146,7 @@ class Gateway:
         it reconnects, to another instance; spreading the closes spreads the reconnects.
         """
         self.draining = True
-        sids = list(self.transport.connections)
-        if not sids:
-            return
-        window = self.settings.drain_window
-        batches = max(1, min(len(sids), math.floor(window / _DRAIN_TICK_SECONDS)))
-        size = math.ceil(len(sids) / batches)
-        pause = window / batches
-        log.info("draining %d connections in %d batches over %.1f s", len(sids), batches, window)
-        for start in range(0, len(sids), size):
-            batch = sids[start : start + size]
-            await asyncio.gather(
-                *(
-                    self.hub.delivery.close(sid, CloseReason.SHUTDOWN, DRAIN_MESSAGE)
-                    for sid in batch
-                )
-            )
-            if start + size < len(sids):
-                await asyncio.sleep(pause)
+        await self.sessions.drain(self.settings.drain_window, _DRAIN_TICK_SECONDS)
 
     def readiness_problems(self) -> list[str]:
         """Why this worker should get no new clients, beyond draining and the store's ping."""

@@ -1,9 +1,8 @@
-"""The application core: connection lifecycle, the routing table and the pipeline.
+"""The application core: the routing table and the pipeline behind every client event.
 
-The transport calls :meth:`Hub.authenticate` and :meth:`Hub.admit` while a client connects,
-:meth:`Hub.connected` once it is, :meth:`Hub.handle` for each of its events and
-:meth:`Hub.disconnected` at the end; everything behind them is sockets-free and runs in a unit
-test with a fake delivery port (``tests/unit/test_hub.py``).
+The lifecycle driver (:mod:`gateway.sessions`) calls :meth:`Hub.authenticate` while a client
+connects and :meth:`Hub.handle` for each of its events; everything behind them is sockets-free
+and runs in a unit test with a fake delivery port (``tests/unit/test_hub.py``).
 """
 
 from __future__ import annotations
@@ -17,37 +16,31 @@ from typing import Any
 
 from .auth.expiry import SessionExpiry
 from .auth.tokens import AuthError, Identity, TokenVerifier, bearer_token
+from .observability.logs import printable
 from .observability.metrics import Metrics
 from .pipeline.chain import build_chain
-from .pipeline.context import EventContext, RateClass, Route
+from .pipeline.context import Caller, EventContext, RateClass, Route
 from .pipeline.permissions import Permissions
 from .pipeline.ratelimit import RateLimit, RatePolicy
 from .pipeline.size import SizeLimit
 from .pipeline.validation import ValidateSchema
-from .protocol.errors import ErrorCode, GatewayError, Reply
+from .protocol.errors import INTERNAL_ERROR, UNAVAILABLE, ErrorCode, GatewayError, Reply
 from .protocol.events import Inbound, Outbound
 from .protocol.inbound import Limits
-from .protocol.timestamps import iso_timestamp
 from .services.heartbeat import HeartbeatService
 from .services.messaging import MessagingService
 from .services.notifications import NotificationService
 from .services.ports import Delivery
-from .services.presence import PresenceService
+from .services.presence import ClientListing, PresenceService
 from .services.stats import StatsService
 from .services.system import SystemService
 from .services.typing import TypingService
 from .settings import Settings
-from .store.base import PresenceStore, StoreUnavailable, UsernameTaken
+from .store.base import Claim, PresenceStore, StoreUnavailable
 
 log = logging.getLogger("wshub.hub")
 
-# Beyond the seven codes of the contract: failures that are the server's, not the client's.
-INTERNAL_ERROR = "INTERNAL_ERROR"
-UNAVAILABLE = "UNAVAILABLE"
-
-
-class Refused(Exception):
-    """A connection the hub will not take; the message tells the client why."""
+__all__ = ["INTERNAL_ERROR", "UNAVAILABLE", "AuthError", "Hub"]
 
 
 class Hub:
@@ -69,7 +62,17 @@ class Hub:
         self._event_counter = functools.lru_cache(maxsize=512)(self.metrics.events.labels)
         self._latency = functools.lru_cache(maxsize=64)(self.metrics.latency.labels)
         self.presence = PresenceService(
-            store, delivery, max_metadata_bytes=settings.max_metadata_bytes
+            store,
+            delivery,
+            max_metadata_bytes=settings.max_metadata_bytes,
+            listing=ClientListing(
+                store,
+                page_size=settings.clients_page_size,
+                max_page_size=settings.clients_page_max,
+                ttl=settings.clients_snapshot_ttl,
+                clock=clock,
+            ),
+            claim=claim_policy(settings),
         )
         self.messaging = MessagingService(store, delivery)
         self.notifications = NotificationService(
@@ -95,6 +98,8 @@ class Hub:
                 burst=settings.rate_limit_burst,
                 cheap_rate=settings.rate_limit_cheap,
                 cheap_burst=settings.rate_limit_cheap_burst,
+                listing_rate=settings.rate_limit_clients,
+                listing_burst=settings.rate_limit_clients_burst,
                 flood_after=settings.flood_disconnect_after,
             ),
             clock,
@@ -115,8 +120,6 @@ class Hub:
             ]
         )
 
-    # -- lifecycle --------------------------------------------------------------------------
-
     def authenticate(self, auth: Any, headers: Mapping[str, str]) -> Identity | None:
         """Who is connecting; None when authentication is off. Raises :class:`AuthError`."""
         if self.verifier is None:
@@ -126,38 +129,6 @@ class Hub:
             raise AuthError("a token is required (auth: {token} or Authorization: Bearer)")
         return self.verifier.verify(token)
 
-    async def admit(self, sid: str, identity: Identity | None) -> None:
-        """Register a connection before its CONNECT is answered. Raises :class:`Refused`."""
-        await self.store.connect(sid, iso_timestamp())
-        if identity is None:
-            return
-        try:
-            await self.store.save(sid, identity.username, {})
-        except UsernameTaken:
-            await self.store.disconnect(sid)
-            raise Refused(f"user {identity.username!r} is already connected") from None
-        self.expiry.watch(sid, identity.expires_at)
-
-    async def connected(self, sid: str) -> None:
-        """The client's namespace is connected: start its heartbeats and welcome it."""
-        self.heartbeat.connected(sid)
-        welcome = self.system.welcome()
-        await self.delivery.send(sid, welcome.event, welcome.payload)
-
-    async def disconnected(self, sid: str) -> None:
-        self.heartbeat.disconnected(sid)
-        self.rate_limit.forget(sid)
-        self.expiry.forget(sid)
-        try:
-            presence = await self.store.disconnect(sid)
-        except StoreUnavailable as exc:
-            # The store forgets the entry once it is back (restore only re-adds live ones).
-            self.metrics.store_errors.inc()
-            log.warning("could not remove the connection from the store: %s", exc)
-            return
-        if presence is not None:
-            await self.typing.disconnected(presence)
-
     def background_jobs(self) -> list[Callable[[], Any]]:
         """Process-wide loops: one task each, whatever the number of connections."""
         return [self.heartbeat.run, self.typing.run, self.stats.run, self.expiry.run]
@@ -165,59 +136,83 @@ class Hub:
     # -- events -----------------------------------------------------------------------------
 
     async def handle(
-        self, sid: str, event: str, args: tuple[Any, ...], size: int, identity: Identity | None
+        self,
+        sid: str,
+        caller: Caller,
+        event: Any,
+        args: tuple[Any, ...],
+        size: int,
+        *,
+        wants_ack: bool = False,
     ) -> Any:
         """Run one client event through the pipeline; returns the acknowledgement payload.
 
         The reply (or the failure reply and ``system:error``) goes to the client as events
-        too, so clients that do not ask for acks see the same answers.
+        too, so clients that do not ask for acks see the same answers; a route marked
+        ``single_reply`` (a page of the client list) answers once, through the ack when asked.
         """
-        route = self.routes.get(event)
-        ctx = EventContext(sid, event, args, size, route, identity=identity)
-        label = event if route is not None else "unknown"
+        if isinstance(event, str):
+            route = self.routes.get(event)
+            ctx = EventContext(sid, caller, event, args, size, route)
+        else:
+            route = None
+            ctx = EventContext(sid, caller, "", args, size, None, problem=_NOT_A_NAME)
+        return await self._run(ctx, event if route is not None else "unknown", wants_ack)
+
+    async def handle_malformed(self, sid: str, caller: Caller, problem: str, size: int) -> Any:
+        """A packet that is not an event (malformed, binary): rate-limited, then refused."""
+        ctx = EventContext(sid, caller, "", (), size, None, problem=problem)
+        return await self._run(ctx, "malformed", False)
+
+    async def _run(self, ctx: EventContext, label: str, wants_ack: bool) -> Any:
         started = time.perf_counter()
         try:
             reply = await self._pipeline(ctx)
         except GatewayError as err:
             self._count(label, err.code.value, started)
-            return await self._reject(sid, event, err)
+            return await self._reject(ctx, err)
         except StoreUnavailable as exc:
             self.metrics.store_errors.inc()
             self._count(label, UNAVAILABLE, started)
-            log.warning("%s failed: presence store unavailable: %s", event, exc)
-            failure = {"code": UNAVAILABLE, "message": "The service is briefly unavailable; retry"}
-            await self._send_error(sid, failure)
+            log.warning("%s failed: presence store unavailable: %s", label, exc)
+            failure = {
+                "code": UNAVAILABLE,
+                "message": "Not delivered: the service is briefly unavailable; retry",
+            }
+            await self._send_error(ctx.sid, failure)
             return failure
         except asyncio.CancelledError:
             raise
         except Exception:
             self._count(label, INTERNAL_ERROR, started)
-            log.exception("event %s failed", event)
-            failure = {"code": INTERNAL_ERROR, "message": f"{event} failed on the server"}
-            await self._send_error(sid, failure)
+            log.exception("event %s failed", label)
+            failure = {"code": INTERNAL_ERROR, "message": f"{label} failed on the server"}
+            await self._send_error(ctx.sid, failure)
             return failure
         self._count(label, "ok", started)
         if reply is None:
             return {"success": True}
-        await self.delivery.send(sid, reply.event, reply.payload)
+        if not (wants_ack and ctx.route is not None and ctx.route.single_reply):
+            await self.delivery.reply(ctx.sid, reply.event, reply.payload)
         return reply.payload
 
-    async def _reject(self, sid: str, event: str, err: GatewayError) -> Any:
-        log.info("rejected %s: %s %s", event, err.code.value, err.message)
+    async def _reject(self, ctx: EventContext, err: GatewayError) -> Any:
+        name = ctx.route.event if ctx.route is not None else printable(ctx.event or "malformed")
+        log.info("rejected %s: %s %s", name, err.code.value, printable(err.message, 200))
         if err.code is ErrorCode.RATE_LIMIT:
             self.metrics.rate_limited.inc()
         elif err.code is ErrorCode.PAYLOAD_TOO_LARGE:
             self.metrics.oversize.inc()
         if err.reply is not None:
-            await self.delivery.send(sid, err.reply.event, err.reply.payload)
-        await self._send_error(sid, err.payload())
+            await self.delivery.reply(ctx.sid, err.reply.event, err.reply.payload)
+        await self._send_error(ctx.sid, err.payload())
         if err.close is not None:
-            await self.delivery.close(sid, err.close, err.message)
+            await self.delivery.close(ctx.sid, err.close, err.message)
         return err.reply.payload if err.reply is not None else err.payload()
 
     async def _send_error(self, sid: str, payload: dict[str, Any]) -> None:
         self.metrics.errors.labels(payload["code"]).inc()
-        await self.delivery.send(sid, Outbound.ERROR, payload)
+        await self.delivery.reply(sid, Outbound.ERROR, payload)
 
     def _count(self, event: str, outcome: str, started: float) -> None:
         self._event_counter(event, outcome).inc()
@@ -231,7 +226,7 @@ class Hub:
             return await self.presence.set_data(ctx.sid, message, forced_username=forced)
 
         async def clients(ctx: EventContext, message: Any) -> Reply:
-            return await self.presence.clients()
+            return await self.presence.clients(message)
 
         async def ping(ctx: EventContext, message: Any) -> Reply:
             return self.system.pong()
@@ -269,7 +264,11 @@ class Hub:
             Inbound.HEARTBEAT_ACK: heartbeat_ack,
             Inbound.GET_CONFIG: get_config,
         }
-        rate_classes = {Inbound.PING: RateClass.CHEAP, Inbound.HEARTBEAT_ACK: RateClass.EXEMPT}
+        rate_classes = {
+            Inbound.PING: RateClass.CHEAP,
+            Inbound.HEARTBEAT_ACK: RateClass.EXEMPT,
+            Inbound.CLIENTS: RateClass.LISTING,
+        }
         roles = {
             Inbound.GENERAL: self.settings.auth_broadcast_role,
             Inbound.CLIENTS: self.settings.auth_clients_role,
@@ -281,6 +280,20 @@ class Hub:
                 handler,
                 rate_class=rate_classes.get(event, RateClass.NORMAL),
                 role=roles.get(event),
+                single_reply=event == Inbound.CLIENTS,
             )
             for event, handler in handlers.items()
         }
+
+
+_NOT_A_NAME = "An event name must be a string"
+
+
+def claim_policy(settings: Settings) -> Claim:
+    """How usernames are held: one connection each without authentication (the contract), as
+    ``user_connections`` says for authenticated users."""
+    if not settings.auth_enabled:
+        return Claim.UNIQUE
+    return {"multi": Claim.MULTI, "replace": Claim.REPLACE, "reject": Claim.UNIQUE}[
+        settings.user_connections
+    ]

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import heapq
 from collections.abc import Callable, Hashable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
@@ -29,12 +29,16 @@ class DeadlineQueue(Generic[K]):
         heapq.heappush(self._heap, (deadline, self._counter, key))
         return is_new
 
+    def deadline(self, key: K) -> float | None:
+        return self._deadlines.get(key)
+
     def discard(self, key: K) -> bool:
         return self._deadlines.pop(key, None) is not None
 
-    def pop_due(self, now: float) -> list[K]:
+    def pop_due(self, now: float, limit: int | None = None) -> list[K]:
+        """The keys whose deadline has passed, earliest first (at most *limit* of them)."""
         due: list[K] = []
-        while self._heap and self._heap[0][0] <= now:
+        while self._heap and self._heap[0][0] <= now and (limit is None or len(due) < limit):
             deadline, _, key = heapq.heappop(self._heap)
             if self._deadlines.get(key) == deadline:
                 del self._deadlines[key]
@@ -56,10 +60,14 @@ class DeadlineQueue(Generic[K]):
         return len(self._deadlines)
 
 
+class Deadlines(Protocol):
+    def next_deadline(self) -> float | None: ...
+
+
 class DeadlineTimer:
     """Sleeps until the earliest deadline of a :class:`DeadlineQueue`; one task in all."""
 
-    def __init__(self, queue: DeadlineQueue[K], clock: Callable[[], float]) -> None:
+    def __init__(self, queue: Deadlines, clock: Callable[[], float]) -> None:
         self._queue = queue
         self._clock = clock
         self._wake = asyncio.Event()
@@ -80,4 +88,5 @@ class DeadlineTimer:
             if delay <= 0:
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):  # a timer, not a task (wait_for makes one)
+                    await self._wake.wait()

@@ -51,9 +51,15 @@ class Settings(BaseSettings):
     heartbeat_warn_after: int = Field(2, ge=1, le=1_000)
     heartbeat_max_missed: int = Field(5, ge=1, le=1_000)
 
-    # -- typing indicators and stats
+    # -- typing indicators, stats and the client list
     typing_timeout: float = Field(5.0, gt=0, le=3_600)
     stats_interval: float = Field(5.0, gt=0, le=86_400)
+    # system:clients answers a page: this many clients unless the request says `limit`, and at
+    # most clients_page_max; one snapshot of the (cluster-wide) list serves every request
+    # within clients_snapshot_ttl seconds.
+    clients_page_size: int = Field(100, ge=1, le=10_000)
+    clients_page_max: int = Field(500, ge=1, le=10_000)
+    clients_snapshot_ttl: float = Field(1.0, ge=0, le=60)
 
     # -- presence backend
     backend: Literal["memory", "redis"] = "memory"
@@ -81,6 +87,9 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(40, ge=1, le=1_000_000)
     rate_limit_cheap: float = Field(50.0, gt=0, le=100_000)
     rate_limit_cheap_burst: int = Field(100, ge=1, le=1_000_000)
+    # system:clients, whose answer is a page of the client list
+    rate_limit_clients: float = Field(5.0, gt=0, le=100_000)
+    rate_limit_clients_burst: int = Field(10, ge=1, le=1_000_000)
     # Refused events a connection may pile up (refilled at rate_limit per second) before it is
     # disconnected for flooding.
     flood_disconnect_after: int = Field(100, ge=1, le=1_000_000)
@@ -92,8 +101,12 @@ class Settings(BaseSettings):
     connect_burst_per_ip: int = Field(40, ge=1, le=1_000_000)
     trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
 
-    # -- backpressure: packets queued for one client before it is dropped as a slow consumer
+    # -- backpressure: what may wait for one client before it is dropped as a slow consumer
     max_outbound_queue: int = Field(1_000, ge=10, le=1_000_000)
+    max_outbound_bytes: int = Field(1_048_576, ge=65_536, le=1024 * 1024 * 1024)
+    # JSON nesting accepted in a client packet: deeper payloads are INVALID_FORMAT (and every
+    # accepted payload can be encoded again).
+    max_payload_depth: int = Field(32, ge=2, le=200)
     # permessage-deflate triples memory per idle connection; declined unless asked for.
     websocket_deflate: bool = False
 
@@ -109,6 +122,12 @@ class Settings(BaseSettings):
     auth_broadcast_role: str | None = None
     auth_clients_role: str | None = None
     auth_admin_role: str = "admin"
+    # With authentication on, what a second connection of the same user does: both stay online
+    # (multi), the newest wins (replace), or it is refused while the first answers (reject).
+    user_connections: Literal["multi", "replace", "reject"] = "multi"
+    # A claim that collides with a holder probes it (an Engine.IO ping); no answer within this
+    # many seconds and the holder is taken for dead and displaced.
+    holder_probe_timeout: float = Field(1.0, gt=0, le=60)
 
     # -- TLS certificate reload (see docs/tls-reload.md)
     tls_watch_step_ms: int = Field(30, ge=1, le=60_000)
@@ -121,6 +140,11 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     engineio_ping_interval: float = Field(25.0, gt=0, le=3_600)
     engineio_ping_timeout: float = Field(20.0, gt=0, le=3_600)
+    # An Engine.IO session without a Socket.IO CONNECT after this long is closed (Socket.IO's
+    # connectTimeout).
+    connect_timeout: float = Field(45.0, gt=0, le=3_600)
+    # A connection the server closed that has not gone after this long is cut (TCP abort).
+    close_timeout: float = Field(5.0, gt=0, le=600)
 
     # -- operations
     # Internal HOST:PORT for /health, /ready and /metrics; when set, the public binds do not
@@ -168,6 +192,8 @@ class Settings(BaseSettings):
             raise ValueError("max_message_bytes must not exceed max_frame_bytes")
         if self.max_notification_bytes > self.max_message_bytes:
             raise ValueError("max_notification_bytes must not exceed max_message_bytes")
+        if self.clients_page_size > self.clients_page_max:
+            raise ValueError("clients_page_size must not exceed clients_page_max")
         return self
 
     @classmethod

@@ -86,7 +86,7 @@ class ReloadAudience:
         self.told: deque[Told] = deque(maxlen=_TOLD_HISTORY)
 
     async def __call__(self, info: CertInfo) -> None:
-        count = len(self._gateway.transport.connections)
+        count = self._gateway.sessions.table.active
         self.told.append(Told(iso_timestamp(), info.serial_hex, count))
 
 
@@ -190,7 +190,7 @@ async def collect_state(
         },
         # Wall-clock seconds: rates are deltas over this, the same base for every worker.
         "time": time.time(),
-        "connections": {"local": len(gateway.transport.connections)},
+        "connections": {"local": gateway.sessions.table.active},
         "events": _nested(families, "wshub_events_received", "event", "outcome"),
         "errors": _flat(families, "wshub_errors", "code"),
         "rateLimited": _total(families, "wshub_rate_limited_events"),
@@ -213,7 +213,6 @@ async def _clients(gateway: Gateway, query: str, limit: int) -> dict[str, Any]:
     matched = [p for p in everyone if _matches(p, needle)] if needle else list(everyone)
     # Named clients by name, then anonymous ones by age: stable from one poll to the next.
     matched.sort(key=lambda p: (p.username is None, (p.username or "").casefold(), p.connect_time))
-    local = gateway.transport.connections
     return {
         "total": len(everyone),
         "matched": len(matched),
@@ -224,7 +223,7 @@ async def _clients(gateway: Gateway, query: str, limit: int) -> dict[str, Any]:
                 "connectTime": p.connect_time,
                 "following": len(p.following),
                 # Another worker's or node's client (Redis store): its transport is not known here.
-                "transport": gateway.transport.transport_of(p.sid) if p.sid in local else "remote",
+                "transport": gateway.sessions.transport_of(p.sid) or "remote",
             }
             for p in matched[:limit]
         ],

@@ -59,7 +59,7 @@ def create_http_app(gateway: Gateway, *, started: float) -> Quart:
         body: dict[str, Any] = {
             "status": "draining" if gateway.draining else "ok",
             "uptime": round(time.monotonic() - started, 3),
-            "activeConnections": len(gateway.transport.connections),
+            "activeConnections": gateway.sessions.table.active,
         }
         if gateway.tls is not None:
             info = gateway.tls.info

@@ -15,6 +15,20 @@ from datetime import UTC, datetime
 
 connection_id: contextvars.ContextVar[str] = contextvars.ContextVar("connection_id", default="-")
 
+_PRINTABLE_LIMIT = 80
+
+
+def printable(value: object, limit: int = _PRINTABLE_LIMIT) -> str:
+    """A client-controlled value as a log may show it: quoted, escaped, at most *limit* chars.
+
+    ``repr`` escapes newlines and other control characters, so a client cannot forge a log
+    line; the limit keeps one client from filling the log.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        return repr(text[:limit]) + f"...({len(text)} chars)"
+    return repr(text)
+
 
 class ConnectionIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:

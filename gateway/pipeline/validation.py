@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from ..observability.logs import printable
 from ..protocol.errors import ErrorCode, GatewayError, Reply
-from ..protocol.inbound import Empty, Limits
+from ..protocol.inbound import Limits
 from .context import EventContext, Next
 
 
@@ -15,15 +16,17 @@ class ValidateSchema:
 
     async def __call__(self, ctx: EventContext, call_next: Next) -> Reply | None:
         route = ctx.route
+        if ctx.problem is not None:
+            raise GatewayError(ErrorCode.INVALID_FORMAT, ctx.problem)
         if route is None:
-            raise GatewayError(ErrorCode.INVALID_FORMAT, f"Unknown event {ctx.event!r}")
+            raise GatewayError(ErrorCode.INVALID_FORMAT, f"Unknown event {printable(ctx.event)}")
         if len(ctx.args) > 1:
             raise GatewayError(
                 ErrorCode.INVALID_FORMAT,
                 f"{ctx.event} takes one payload object, not {len(ctx.args)}",
             )
         raw = ctx.args[0] if ctx.args else None
-        if raw is None and route.model is Empty:
+        if raw is None and getattr(route.model, "payload_optional", False):
             raw = {}
         if not isinstance(raw, dict):
             raise GatewayError(

@@ -14,7 +14,9 @@ class CloseReason(StrEnum):
     SLOW_CONSUMER = "slow_consumer"
     TOKEN_EXPIRED = "token_expired"
     SHUTDOWN = "server_shutdown"
-    SERVER_FULL = "server_full"
+    PROTOCOL_ERROR = "protocol_error"
+    CONNECT_TIMEOUT = "connect_timeout"
+    SESSION_REPLACED = "session_replaced"
 
 
 RECONNECT_ADVICE: dict[CloseReason, str] = {
@@ -23,5 +25,27 @@ RECONNECT_ADVICE: dict[CloseReason, str] = {
     CloseReason.SLOW_CONSUMER: "reconnect; read your socket faster",
     CloseReason.TOKEN_EXPIRED: "reconnect with a fresh token",
     CloseReason.SHUTDOWN: "reconnect (to another instance)",
-    CloseReason.SERVER_FULL: "retry later",
+    CloseReason.PROTOCOL_ERROR: "fix the client; it sent what Socket.IO does not allow",
+    CloseReason.CONNECT_TIMEOUT: "send CONNECT right after the handshake",
+    CloseReason.SESSION_REPLACED: "do not reconnect: another connection took over",
 }
+
+_RECONNECTING = frozenset(
+    {
+        CloseReason.HEARTBEAT_TIMEOUT,
+        CloseReason.RATE_LIMIT,
+        CloseReason.SLOW_CONSUMER,
+        CloseReason.SHUTDOWN,
+        CloseReason.CONNECT_TIMEOUT,
+    }
+)
+
+
+def reconnects(reason: CloseReason) -> bool:
+    """Whether the official clients should reconnect by themselves after this close.
+
+    For these the server ends the transport without a Socket.IO DISCONNECT, which the clients
+    treat as a lost connection (they reconnect, with their back-off); for the others it sends
+    DISCONNECT first, after which they stay disconnected until the app decides.
+    """
+    return reason in _RECONNECTING

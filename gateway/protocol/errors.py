@@ -8,6 +8,12 @@ from typing import Any
 
 from .close import CloseReason
 
+# Beyond the seven codes of the contract: failures that are the server's, not the client's.
+UNAVAILABLE = "UNAVAILABLE"
+"""A dependency (Redis) is unreachable: nothing was delivered, retrying is safe."""
+INTERNAL_ERROR = "INTERNAL_ERROR"
+"""A bug; logged with its traceback."""
+
 
 class ErrorCode(StrEnum):
     INVALID_FORMAT = "INVALID_FORMAT"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -40,6 +40,9 @@ def check_username(value: str, limits: Limits) -> str:
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
+    payload_optional: ClassVar[bool] = False
+    """Whether the event may come without a payload (then it is read as ``{}``)."""
+
 
 class _Open(BaseModel):
     """A payload whose unknown fields travel on to the receivers."""
@@ -52,6 +55,21 @@ class _Open(BaseModel):
 
 class Empty(_Strict):
     """Events that carry nothing (``None`` or ``{}``); stray keys are ignored."""
+
+    payload_optional = True
+
+
+class ClientsPage(_Strict):
+    """``system:clients``: a page of the client list. Without arguments, the first page.
+
+    ``cursor`` (the previous page's ``nextCursor``) pages stably while clients come and go;
+    ``offset`` skips that many clients of the list as it is now.
+    """
+
+    payload_optional = True
+    limit: int | None = Field(None, ge=1)
+    cursor: str | None = Field(None, min_length=1, max_length=200)
+    offset: int | None = Field(None, ge=0)
 
 
 _KNOWN_METADATA = frozenset({"username", "following", "profile"})
@@ -126,7 +144,7 @@ class HeartbeatAck(_Strict):
 
 MODELS: dict[str, type[BaseModel]] = {
     Inbound.SET_DATA: SetData,
-    Inbound.CLIENTS: Empty,
+    Inbound.CLIENTS: ClientsPage,
     Inbound.PING: Empty,
     Inbound.GENERAL: General,
     Inbound.DIRECT: Direct,

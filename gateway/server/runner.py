@@ -105,7 +105,9 @@ async def serve(
         task.add_done_callback(connections.discard)
         if tls:
             gateway.metrics.tls_handshakes_completed.inc()
-        await TCPServer(app, loop, config, context, state, reader, writer)
+        peer = writer.get_extra_info("peername")
+        with gateway.peers.serving((str(peer[0]), int(peer[1])), writer.transport):
+            await TCPServer(app, loop, config, context, state, reader, writer)
 
     async def listen(sock: socket.socket, tls: bool) -> asyncio.Server:
         server = await asyncio.start_server(

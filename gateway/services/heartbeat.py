@@ -133,7 +133,7 @@ class HeartbeatService:
         for sid, missed in result.warnings:
             if self._on_warning is not None:
                 self._on_warning(sid, missed)
-            await self._delivery.send(
+            await self._delivery.reply(
                 sid,
                 Outbound.HEARTBEAT_WARNING,
                 {

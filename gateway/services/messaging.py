@@ -40,9 +40,9 @@ class MessagingService:
 
     async def direct(self, sid: str, message: Direct) -> Reply:
         sender = await identified(self._store, sid, "send a direct message")
-        target = await self._store.sid_of(message.target)
+        targets = await self._store.connections_of(message.target)
         timestamp = iso_timestamp()
-        if target is None:
+        if not targets:
             raise GatewayError(
                 ErrorCode.TARGET_NOT_FOUND,
                 f"User {message.target!r} is not connected",
@@ -57,7 +57,7 @@ class MessagingService:
                 ),
             )
         await self._delivery.send(
-            target,
+            targets,
             Outbound.DIRECT,
             stamped(
                 message.model_dump(),

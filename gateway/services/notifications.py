@@ -32,11 +32,14 @@ class NotificationService:
         if message.targets is None:
             recipients = list(await self._store.followers_of(sender.username))
         else:
-            found = [await self._store.sid_of(name) for name in message.targets]
-            recipients = [target for target in found if target is not None]
+            recipients = [
+                address
+                for name in message.targets
+                for address in await self._store.connections_of(name)
+            ]
         timestamp = iso_timestamp()
         if recipients:
-            await self._delivery.send_many(
+            await self._delivery.send(
                 recipients,
                 Outbound.NOTIFICATION,
                 stamped(

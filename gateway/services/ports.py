@@ -2,25 +2,51 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..protocol.close import CloseReason
+from ..store.base import Address
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of a message sent to some connections."""
+
+    delivered: int = 0
+    """Handed to a live connection (its own node's queue)."""
+    held: int = 0
+    """Kept for a session that is away and may resume (connection state recovery)."""
+    failed: int = 0
+    """Could not be handed on: its node did not take it, or the connection just went."""
+
+    @property
+    def reached(self) -> int:
+        return self.delivered + self.held
 
 
 class Delivery(Protocol):
-    async def send(self, sid: str, event: str, payload: Mapping[str, Any]) -> None:
-        """Send to one connection (on any process)."""
+    async def send(self, to: Sequence[Address], event: str, payload: Mapping[str, Any]) -> Outcome:
+        """A message for these connections, wherever they are; encoded once.
 
-    async def send_many(
-        self, sids: Collection[str], event: str, payload: Mapping[str, Any]
-    ) -> None:
-        """Send one payload to several connections; it is encoded once."""
+        Raises :class:`~gateway.store.base.StoreUnavailable` when nothing could be handed on
+        (the backplane is down), so that the sender can be told "not delivered, retry".
+        """
+
+    async def reply(self, sid: str, event: str, payload: Mapping[str, Any]) -> None:
+        """An answer to a connection of this process (the sender of the event being handled)."""
 
     async def broadcast(
         self, event: str, payload: Mapping[str, Any], *, local_only: bool = False
     ) -> None:
-        """Send to every connected client; with *local_only*, only to this process's clients."""
+        """To every connected client; with *local_only*, only to this process's clients (and
+        then not kept for recovering sessions: heartbeats, stats, certificate refreshes)."""
 
-    async def close(self, sid: str, reason: CloseReason, message: str) -> None:
-        """Tell the client why, then disconnect it."""
+    async def close(self, to: str | Address, reason: CloseReason, message: str) -> None:
+        """Tell the client why, then disconnect it (a connection of this process by id, or any
+        connection by address; an away session just ends)."""
+
+    async def alive(self, address: Address) -> bool:
+        """Whether the connection still answers (an Engine.IO ping, about a second at most).
+        An away session does not; a node that does not answer counts as not alive."""

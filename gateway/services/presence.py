@@ -2,30 +2,73 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import bisect
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..protocol.close import CloseReason
 from ..protocol.codec import encoded_size
 from ..protocol.errors import ErrorCode, GatewayError, Reply
 from ..protocol.events import Outbound
-from ..protocol.inbound import SetData
+from ..protocol.inbound import ClientsPage, SetData
 from ..protocol.outbound import ClientEntry
 from ..protocol.timestamps import iso_timestamp
-from ..store.base import Presence, PresenceStore, UsernameTaken
+from ..store.base import Address, Claim, Presence, PresenceStore, UsernameTaken
 from .ports import Delivery
 
 log = logging.getLogger("wshub.presence")
 
 USERNAME_TAKEN = "Username already taken"
+SESSION_REPLACED = "Another connection took this session's username"
 
 
 class PresenceService:
     def __init__(
-        self, store: PresenceStore, delivery: Delivery, *, max_metadata_bytes: int
+        self,
+        store: PresenceStore,
+        delivery: Delivery,
+        *,
+        max_metadata_bytes: int,
+        listing: ClientListing,
+        claim: Claim = Claim.UNIQUE,
     ) -> None:
         self._store = store
         self._delivery = delivery
         self._max_metadata_bytes = max_metadata_bytes
+        self._listing = listing
+        self._claim = claim
+
+    async def claim(self, sid: str, username: str | None, metadata: Mapping[str, Any]) -> Presence:
+        """Save the connection's name and metadata under the claim policy.
+
+        A name held by connections that may be dead (a phone that changed networks leaves a
+        half-open connection for the ping timeout) is not refused outright: each holder is
+        probed, and one that does not answer is displaced. A live holder is never displaced by
+        a stranger. Displaced holders' sessions are ended. Raises :class:`UsernameTaken`.
+        """
+        try:
+            saved = await self._store.save(sid, username, metadata, claim=self._claim)
+        except UsernameTaken as taken:
+            dead = await self._first_dead(taken.holders)
+            if dead is None:
+                raise
+            log.info("holder %s of %s did not answer its probe: displaced", dead.sid, username)
+            saved = await self._store.save(
+                sid, username, metadata, claim=self._claim, evict=dead.sid
+            )
+        for address in saved.displaced:
+            await self._delivery.close(address, CloseReason.SESSION_REPLACED, SESSION_REPLACED)
+        return saved.presence
+
+    async def _first_dead(self, holders: Sequence[Address]) -> Address | None:
+        for holder in holders:
+            if not await self._delivery.alive(holder):
+                return holder
+        return None
 
     async def set_data(
         self, sid: str, message: SetData, *, forced_username: str | None = None
@@ -55,7 +98,7 @@ class PresenceService:
                 reply=_data_set_failure("User data too large"),
             )
         try:
-            updated = await self._store.save(sid, username, metadata)
+            updated = await self.claim(sid, username, metadata)
         except UsernameTaken:
             raise GatewayError(
                 ErrorCode.DUPLICATE_USERNAME,
@@ -70,21 +113,8 @@ class PresenceService:
             {"success": True, "updatedFields": updated_fields, "timestamp": iso_timestamp()},
         )
 
-    async def clients(self) -> Reply:
-        entries: list[ClientEntry] = [
-            {
-                "id": p.sid,
-                "username": p.username,
-                "connectTime": p.connect_time,
-                "following": p.following,
-                "profile": p.profile,
-            }
-            for p in await self._store.clients()
-        ]
-        return Reply(
-            Outbound.CLIENTS,
-            {"clients": entries, "count": len(entries), "timestamp": iso_timestamp()},
-        )
+    async def clients(self, request: ClientsPage) -> Reply:
+        return await self._listing.page(request)
 
     async def _announce_follows(self, before: Presence, after: Presence) -> None:
         """``system:followed`` to each connected user that *after* newly follows.
@@ -98,11 +128,11 @@ class PresenceService:
         for name in after.following:
             if name in already or name == after.username:
                 continue
-            target = await self._store.sid_of(name)
-            if target is None:
+            targets = await self._store.connections_of(name)
+            if not targets:
                 continue
             payload = payload or {"username": after.username, "timestamp": iso_timestamp()}
-            await self._delivery.send(target, Outbound.FOLLOWED, payload)
+            await self._delivery.send(targets, Outbound.FOLLOWED, payload)
 
     async def _require(self, sid: str) -> Presence:
         presence = await self._store.get(sid)
@@ -116,3 +146,92 @@ def _data_set_failure(reason: str) -> Reply:
     return Reply(
         Outbound.DATA_SET, {"success": False, "error": reason, "timestamp": iso_timestamp()}
     )
+
+
+class ClientListing:
+    """``system:clients``, a page at a time, cut from one snapshot of the list.
+
+    The list is cluster-wide (a walk of every entry in Redis), so its cost grows with the hub;
+    one snapshot serves every request within ``ttl`` seconds (requests that arrive while it is
+    being taken wait for the same one), and each request gets one page of it.
+    """
+
+    def __init__(
+        self,
+        store: PresenceStore,
+        *,
+        page_size: int,
+        max_page_size: int,
+        ttl: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._store = store
+        self._page_size = page_size
+        self._max_page_size = max_page_size
+        self._ttl = ttl
+        self._clock = clock
+        self._taken_at = float("-inf")
+        self._entries: list[ClientEntry] = []
+        self._keys: list[tuple[str, str]] = []
+        self._taking: asyncio.Future[None] | None = None
+
+    async def page(self, request: ClientsPage) -> Reply:
+        await self._fresh()
+        entries, keys = self._entries, self._keys
+        limit = min(request.limit or self._page_size, self._max_page_size)
+        if request.cursor is not None:
+            start = bisect.bisect_right(keys, _read_cursor(request.cursor))
+        else:
+            start = min(request.offset or 0, len(entries))
+        end = start + limit
+        return Reply(
+            Outbound.CLIENTS,
+            {
+                "clients": entries[start:end],
+                "count": len(entries),
+                "timestamp": iso_timestamp(),
+                "nextCursor": _cursor(keys[end - 1]) if end < len(entries) else None,
+            },
+        )
+
+    async def _fresh(self) -> None:
+        if self._clock() - self._taken_at < self._ttl:
+            return
+        if self._taking is None:
+            self._taking = asyncio.ensure_future(self._take())
+        taking = self._taking
+        try:
+            await asyncio.shield(taking)
+        finally:
+            if self._taking is taking and taking.done():
+                self._taking = None
+
+    async def _take(self) -> None:
+        presences = sorted(await self._store.clients(), key=lambda p: (p.connect_time, p.sid))
+        self._entries = [
+            {
+                "id": p.sid,
+                "username": p.username,
+                "connectTime": p.connect_time,
+                "following": p.following,
+                "profile": p.profile,
+            }
+            for p in presences
+        ]
+        self._keys = [(p.connect_time, p.sid) for p in presences]
+        self._taken_at = self._clock()
+
+
+def _cursor(key: tuple[str, str]) -> str:
+    return base64.urlsafe_b64encode(f"{key[0]}\n{key[1]}".encode()).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        text = ""
+    connect_time, newline, sid = text.partition("\n")
+    if not newline:
+        raise GatewayError(ErrorCode.INVALID_FORMAT, "system:clients: cursor: not one of ours")
+    return connect_time, sid

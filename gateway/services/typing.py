@@ -7,18 +7,18 @@ it on the wire. One timer serves every connection (:mod:`gateway.scheduling`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..protocol.errors import ErrorCode, GatewayError
 from ..protocol.events import Outbound
 from ..protocol.inbound import Typing
 from ..protocol.timestamps import iso_timestamp
 from ..scheduling import DeadlineQueue, DeadlineTimer
-from ..store.base import Presence, PresenceStore
+from ..store.base import Address, Presence, PresenceStore
 from .identity import identified, sender_of
 from .ports import Delivery
 
-Pair = tuple[str, str]  # (sender sid, target sid)
+Pair = tuple[str, str]  # (sender sid, target username): a user may be on several connections
 
 
 class TypingTracker:
@@ -37,11 +37,11 @@ class TypingTracker:
         return self._pending.pop_due(now)
 
     def drop(self, sid: str) -> list[Pair]:
-        """Forget every pair *sid* is part of; returns the pairs it was typing in as sender."""
-        ended = [pair for pair in self._pending if sid in pair]
+        """Forget the pairs *sid* types in; returns them."""
+        ended = [pair for pair in self._pending if pair[0] == sid]
         for pair in ended:
             self._pending.discard(pair)
-        return [pair for pair in ended if pair[0] == sid]
+        return ended
 
     @property
     def pending(self) -> DeadlineQueue[Pair]:
@@ -70,44 +70,55 @@ class TypingService:
         self._timer = DeadlineTimer(self._tracker.pending, clock)
 
     async def start(self, sid: str, message: Typing) -> None:
-        sender, target = await self._resolve(sid, message)
+        sender, targets = await self._resolve(sid, message)
         was_idle = not self._tracker
-        if self._tracker.start((sid, target), self._clock()):
-            await self._update(sender, target, is_typing=True)
+        if self._tracker.start((sid, message.target), self._clock()):
+            await self._update(sender, targets, is_typing=True)
         if was_idle:
             # Every deadline is now + timeout, so only the first one can be the earliest.
             self._timer.poke()
 
     async def stop(self, sid: str, message: Typing) -> None:
-        sender, target = await self._resolve(sid, message)
-        self._tracker.stop((sid, target))
-        await self._update(sender, target, is_typing=False)
+        sender, targets = await self._resolve(sid, message)
+        self._tracker.stop((sid, message.target))
+        await self._update(sender, targets, is_typing=False)
 
-    async def disconnected(self, presence: Presence) -> None:
-        for _, target in self._tracker.drop(presence.sid):
-            await self._update(presence, target, is_typing=False)
+    async def disconnected(self, sid: str) -> None:
+        """*sid*'s transport went: each indicator it was sending stops, and its targets hear so."""
+        pairs = self._tracker.drop(sid)
+        if pairs:
+            await self._stop_all(sid, pairs)
 
     async def run(self) -> None:
         """Send the automatic stops. One task for the whole process."""
         while True:
             await self._timer.wait_due()
             for sender_sid, target in self._tracker.expire(self._clock()):
-                sender = await self._store.get(sender_sid)
-                if sender is not None:
-                    await self._update(sender, target, is_typing=False)
+                await self._stop_all(sender_sid, [(sender_sid, target)])
 
-    async def _resolve(self, sid: str, message: Typing) -> tuple[Presence, str]:
+    async def _stop_all(self, sender_sid: str, pairs: list[Pair]) -> None:
+        sender = await self._store.get(sender_sid)
+        if sender is None:
+            return
+        for _, name in pairs:
+            targets = await self._store.connections_of(name)
+            if targets:
+                await self._update(sender, targets, is_typing=False)
+
+    async def _resolve(self, sid: str, message: Typing) -> tuple[Presence, Sequence[Address]]:
         sender = await identified(self._store, sid, "send typing indicators")
-        target = await self._store.sid_of(message.target)
-        if target is None:
+        targets = await self._store.connections_of(message.target)
+        if not targets:
             raise GatewayError(
                 ErrorCode.TARGET_NOT_FOUND, f"User {message.target!r} is not connected"
             )
-        return sender, target
+        return sender, targets
 
-    async def _update(self, sender: Presence, target: str, *, is_typing: bool) -> None:
+    async def _update(
+        self, sender: Presence, targets: Sequence[Address], *, is_typing: bool
+    ) -> None:
         await self._delivery.send(
-            target,
+            targets,
             Outbound.TYPING_UPDATE,
             {"sender": sender_of(sender), "isTyping": is_typing, "timestamp": iso_timestamp()},
         )

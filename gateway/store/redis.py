@@ -2,25 +2,33 @@
 
 Theory of operation
 -------------------
-Keys (``P`` is the prefix, ``wshub:`` by default)::
+Keys, all under one hash tag (``T`` is ``{`` + prefix + ``}``, ``{wshub:}`` by default) so that
+a Redis Cluster keeps them in one slot, where a script may touch them together::
 
-    P nodes              set     ids of the nodes that may hold connections (the reaper's registry)
-    P node:{id}          string  the node's lease; expires unless renewed every lease_seconds / 3
-    P node:{id}:sids     set     the node's connections
-    P conn:{sid}         hash    node, connect_time, username (absent: none), metadata (JSON),
-                                 following (JSON array of the distinct names it follows)
-    P names              hash    username -> sid
-    P followers:{name}   set     sids whose ``following`` contains name
-    P live               set     every connection in the cluster (SCARD is the active count)
-    P total              counter connections ever accepted
-    P epoch              string  random id of this dataset's life, to notice a wiped Redis
+    T nodes              set     ids of the nodes that may hold connections (the reaper's registry)
+    T node:{id}          string  the node's lease; expires unless renewed every lease_seconds / 3
+    T node:{id}:sids     set     the node's connections
+    T node:{id}:evicted  list    its connections that other nodes' claims displaced (to end)
+    T conn:{sid}         hash    node, connect_time, username (absent: none), metadata (JSON),
+                                 following (JSON array of distinct names), pid (digest of the
+                                 session's private id), away ("1" while its transport is gone)
+    T user:{name}        hash    sid -> route ("node" or "node away") of each holder of the name
+    T followers:{name}   set     sids whose ``following`` contains name
+    T live               set     every connection in the cluster (SCARD is the active count)
+    T total              counter connections ever accepted
+    T epoch              string  random id of this dataset's life, to notice a wiped Redis
+
+A connection is routed by its ``user:`` entry: a message for a user goes, in one lookup, to the
+nodes of its holders. The pub/sub channels that carry it (``gateway.transport.backplane``) are
+outside the hash tag, so a cluster spreads them over its shards.
 
 Every write is one Lua script, so Redis runs it alone and whole: a username is claimed, the
 previous one released, the metadata written and the follower index updated with no window in
 which another process sees a part of it, and a lost connection leaves either all of it or none.
-The scripts are also idempotent, which makes redis-py's retry after a broken connection safe.
-They build their key names from the prefix, so they need a single Redis (or a primary with
-replicas), not Redis Cluster.
+The scripts are idempotent, which makes redis-py's retry after a broken connection safe. Each
+declares one key of the tag (so a cluster routes it to the slot's node) and builds the others
+from the prefix; in a cluster scripts cannot be pipelined, so bulk work packs many entries into
+one call instead.
 
 A node that dies without ``close()`` stops renewing its lease. Every node reaps, on each tick,
 the registered nodes whose lease key is gone: in batches, each batch a script that first checks
@@ -40,69 +48,87 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar, cast
 from uuid import uuid4
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import Counts, Presence, StoreUnavailable, UsernameTaken
+from .base import (
+    Address,
+    Claim,
+    Counts,
+    Presence,
+    Saved,
+    SessionRecord,
+    StoreUnavailable,
+    UsernameTaken,
+)
+from .redis_topology import AnyRedis, RedisTarget, connect, parse
 
 log = logging.getLogger("wshub.store")
 
 _T = TypeVar("_T")
 
 # Errors that mean "Redis cannot serve us now", as opposed to a bug in a command or script.
-# ReadOnlyError: we reached a replica (failover in progress); OutOfMemoryError: writes refused.
-_UNAVAILABLE: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError)
+# ReadOnlyError: we reached a replica (failover in progress); OutOfMemoryError: writes refused;
+# the cluster ones: a shard is down or its slots are moving.
+_UNAVAILABLE: Final = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    OutOfMemoryError,
+    ClusterDownError,
+    TryAgainError,
+    MasterDownError,
+)
 
 # Connections handled per script call or pipeline round trip: large enough to be quick, small
 # enough that one script never blocks Redis for long.
-_BATCH: Final = 500
+_BATCH: Final = 200
 
 _LUA_COMMON: Final = """
-local prefix = ARGV[1]
+local T = ARGV[1]
 
--- Move sid between follower sets: from the names in old_json to those in new_json
--- (JSON arrays of distinct names).
+local function route(node, away)
+  if away == '1' then return node .. ' away' end
+  return node
+end
+
+-- Move sid between follower sets: from the names in old_json to those in new_json.
 local function refollow(sid, old_json, new_json)
   local old, new = {}, {}
   for _, name in ipairs(cjson.decode(old_json)) do old[name] = true end
   for _, name in ipairs(cjson.decode(new_json)) do
     new[name] = true
-    if not old[name] then redis.call('SADD', prefix .. 'followers:' .. name, sid) end
+    if not old[name] then redis.call('SADD', T .. 'followers:' .. name, sid) end
   end
   for name in pairs(old) do
-    if not new[name] then redis.call('SREM', prefix .. 'followers:' .. name, sid) end
+    if not new[name] then redis.call('SREM', T .. 'followers:' .. name, sid) end
   end
 end
 
 local function release(sid, name)
-  if name and redis.call('HGET', prefix .. 'names', name) == sid then
-    redis.call('HDEL', prefix .. 'names', name)
-  end
+  if name then redis.call('HDEL', T .. 'user:' .. name, sid) end
 end
 
-local function held_by_other(sid, name)
-  local holder = redis.call('HGET', prefix .. 'names', name)
-  return holder and holder ~= sid
-end
-
--- Give an existing connection name (false: none) and metadata; the caller checked the name.
+-- Give an existing connection name (false: none) and metadata; the caller checked the claim.
 local function apply(sid, name, metadata, following)
-  local conn = prefix .. 'conn:' .. sid
-  local old = redis.call('HMGET', conn, 'username', 'following')
+  local conn = T .. 'conn:' .. sid
+  local old = redis.call('HMGET', conn, 'username', 'following', 'node', 'away')
   if old[1] ~= name then release(sid, old[1]) end
   if name then
-    redis.call('HSET', prefix .. 'names', name, sid)
+    redis.call('HSET', T .. 'user:' .. name, sid, route(old[3], old[4]))
     redis.call('HSET', conn, 'username', name)
   else
     redis.call('HDEL', conn, 'username')
@@ -111,103 +137,202 @@ local function apply(sid, name, metadata, following)
   redis.call('HSET', conn, 'metadata', metadata, 'following', following)
 end
 
--- Forget sid everywhere; returns {connect_time, metadata, username} or false when unknown.
+-- Forget sid everywhere; returns {connect_time, metadata, username, node} or false.
 local function remove(sid)
-  local conn = prefix .. 'conn:' .. sid
+  local conn = T .. 'conn:' .. sid
   local f = redis.call('HMGET', conn, 'node', 'connect_time', 'username', 'metadata', 'following')
-  redis.call('SREM', prefix .. 'live', sid)
+  redis.call('SREM', T .. 'live', sid)
   if not f[1] then return false end
   release(sid, f[3])
   refollow(sid, f[5] or '[]', '[]')
-  redis.call('SREM', prefix .. 'node:' .. f[1] .. ':sids', sid)
+  redis.call('SREM', T .. 'node:' .. f[1] .. ':sids', sid)
   redis.call('DEL', conn)
-  return {f[2], f[4] or '{}', f[3]}
+  return {f[2], f[4] or '{}', f[3], f[1]}
 end
 """
 
-# ARGV: prefix, node, sid, connect_time
+# ARGV: T, node, sid, connect_time, pid
 _CONNECT: Final = """
 local node, sid = ARGV[2], ARGV[3]
-local conn = prefix .. 'conn:' .. sid
+local conn = T .. 'conn:' .. sid
 -- A retried call must not count the connection twice.
 if redis.call('EXISTS', conn) == 1 then return end
-redis.call('HSET', conn, 'node', node, 'connect_time', ARGV[4], 'metadata', '{}', 'following', '[]')
-redis.call('SADD', prefix .. 'live', sid)
-redis.call('SADD', prefix .. 'node:' .. node .. ':sids', sid)
+redis.call('HSET', conn, 'node', node, 'connect_time', ARGV[4], 'metadata', '{}',
+           'following', '[]', 'pid', ARGV[5])
+redis.call('SADD', T .. 'live', sid)
+redis.call('SADD', T .. 'node:' .. node .. ':sids', sid)
 -- Also here, not only at lease renewal: a node reaped while alive must stay findable.
-redis.call('SADD', prefix .. 'nodes', node)
-redis.call('INCR', prefix .. 'total')
+redis.call('SADD', T .. 'nodes', node)
+redis.call('INCR', T .. 'total')
 """
 
-# ARGV: prefix, sid, has_name ('1'/'0'), name, metadata, following
-# Returns {'ok', connect_time}, {'taken'} or {'missing'}.
+# ARGV: T, sid, has_name ('1'/'0'), name, metadata, following, claim, evict
+# Returns {'ok', connect_time, displaced sid, route, ...}, {'taken', holder sid, route, ...}
+# or {'missing'}. Displaced holders are removed and queued on their node's evicted list.
 _SAVE: Final = """
 local sid = ARGV[2]
+local f = redis.call('HMGET', T .. 'conn:' .. sid, 'connect_time', 'username')
+if not f[1] then return {'missing'} end
 local name = ARGV[3] == '1' and ARGV[4]
-local connect_time = redis.call('HGET', prefix .. 'conn:' .. sid, 'connect_time')
-if not connect_time then return {'missing'} end
-if name and held_by_other(sid, name) then return {'taken'} end
-apply(sid, name, ARGV[5], ARGV[6])
-return {'ok', connect_time}
-"""
-
-# ARGV: prefix, sid
-_DISCONNECT: Final = """
-return remove(ARGV[2])
-"""
-
-# ARGV: prefix, node, sid, connect_time, has_name, name, metadata, following
-# Like connect + save, but a name now held by another connection is given up, not an error.
-_PUT: Final = """
-local node, sid = ARGV[2], ARGV[3]
-local name = ARGV[5] == '1' and ARGV[6]
-redis.call('HSET', prefix .. 'conn:' .. sid, 'node', node, 'connect_time', ARGV[4])
-redis.call('SADD', prefix .. 'live', sid)
-redis.call('SADD', prefix .. 'node:' .. node .. ':sids', sid)
-local status = 'ok'
-if name and held_by_other(sid, name) then
-  name = false
-  status = 'taken'
+local claim, evict = ARGV[7], ARGV[8]
+local displaced = {}
+if name and f[2] ~= name and claim ~= 'multi' then
+  local held = redis.call('HGETALL', T .. 'user:' .. name)
+  local live = {}
+  for i = 1, #held, 2 do
+    local other, where = held[i], held[i + 1]
+    if other ~= sid then
+      local away = string.sub(where, -5) == ' away'
+      if claim == 'unique' and not away and other ~= evict then
+        table.insert(live, other)
+        table.insert(live, where)
+      else
+        table.insert(displaced, other)
+        table.insert(displaced, where)
+      end
+    end
+  end
+  if #live > 0 then return {'taken', unpack(live)} end
+  for i = 1, #displaced, 2 do
+    local gone = remove(displaced[i])
+    if gone then redis.call('RPUSH', T .. 'node:' .. gone[4] .. ':evicted', displaced[i]) end
+  end
 end
-apply(sid, name, ARGV[7], ARGV[8])
-return status
+apply(sid, name, ARGV[5], ARGV[6])
+return {'ok', f[1], unpack(displaced)}
 """
 
-# ARGV: prefix, node, lease_ms, known_epoch, new_epoch, accepted
+# ARGV: T, n, sid...
+_DISCONNECT: Final = """
+local removed = {}
+for i = 3, 2 + tonumber(ARGV[2]) do
+  local gone = remove(ARGV[i])
+  if gone then removed[#removed + 1] = gone end
+end
+return removed
+"""
+
+# ARGV: T, node, multi ('1'/'0'), n, then 8 fields per entry:
+#   sid, connect_time, has_name, name, metadata, following, pid, away
+# Like connect + save, but a name now held by another connection is given up, not an error
+# (unless names may have several holders). Returns 'ok' or 'taken' per entry.
+_PUT: Final = """
+local node, multi = ARGV[2], ARGV[3] == '1'
+local statuses = {}
+local i = 5
+for _ = 1, tonumber(ARGV[4]) do
+  local sid = ARGV[i]
+  local conn = T .. 'conn:' .. sid
+  redis.call('HSET', conn, 'node', node, 'connect_time', ARGV[i + 1], 'pid', ARGV[i + 6])
+  if ARGV[i + 7] == '1' then redis.call('HSET', conn, 'away', '1')
+  else redis.call('HDEL', conn, 'away') end
+  redis.call('SADD', T .. 'live', sid)
+  redis.call('SADD', T .. 'node:' .. node .. ':sids', sid)
+  local name = ARGV[i + 2] == '1' and ARGV[i + 3]
+  local status = 'ok'
+  if name and not multi then
+    for _, other in ipairs(redis.call('HKEYS', T .. 'user:' .. name)) do
+      if other ~= sid then
+        name = false
+        status = 'taken'
+      end
+    end
+  end
+  apply(sid, name, ARGV[i + 4], ARGV[i + 5])
+  statuses[#statuses + 1] = status
+  i = i + 8
+end
+return statuses
+"""
+
+# ARGV: T, sid, node, away ('1'/'0'). 1 when the connection is this node's, else 0.
+_AWAY: Final = """
+local sid = ARGV[2]
+local conn = T .. 'conn:' .. sid
+local f = redis.call('HMGET', conn, 'node', 'username')
+if f[1] ~= ARGV[3] then return 0 end
+if ARGV[4] == '1' then redis.call('HSET', conn, 'away', '1')
+else redis.call('HDEL', conn, 'away') end
+if f[2] then redis.call('HSET', T .. 'user:' .. f[2], sid, route(f[1], ARGV[4])) end
+return 1
+"""
+
+# ARGV: T, sid, from, to. {connect_time, username, metadata} when moved, else false.
+_MOVE: Final = """
+local sid, from, to = ARGV[2], ARGV[3], ARGV[4]
+local conn = T .. 'conn:' .. sid
+local f = redis.call('HMGET', conn, 'node', 'connect_time', 'username', 'metadata')
+if f[1] ~= from then return false end
+redis.call('HSET', conn, 'node', to)
+redis.call('HDEL', conn, 'away')
+redis.call('SREM', T .. 'node:' .. from .. ':sids', sid)
+redis.call('SADD', T .. 'node:' .. to .. ':sids', sid)
+redis.call('SADD', T .. 'nodes', to)
+if f[3] then redis.call('HSET', T .. 'user:' .. f[3], sid, to) end
+return {f[2], f[3], f[4]}
+"""
+
+# ARGV: T, name. {sid, route, ...} of the connections following name.
+_FOLLOWERS: Final = """
+local out = {}
+for _, sid in ipairs(redis.call('SMEMBERS', T .. 'followers:' .. ARGV[2])) do
+  local f = redis.call('HMGET', T .. 'conn:' .. sid, 'node', 'away')
+  if f[1] then
+    out[#out + 1] = sid
+    out[#out + 1] = route(f[1], f[2])
+  end
+end
+return out
+"""
+
+# ARGV: T, node. The node's evicted connections, taken off its list.
+_EVICTED: Final = """
+local list = T .. 'node:' .. ARGV[2] .. ':evicted'
+local sids = redis.call('LRANGE', list, 0, -1)
+redis.call('DEL', list)
+return sids
+"""
+
+# ARGV: T, node, lease_ms, known_epoch, new_epoch, accepted
 # Takes the lease and returns the dataset's epoch. When the epoch is not the one this node knew,
 # Redis lost the counter (or the node is new): add what this node accepted, so that after a wipe
 # the total is again the sum over the surviving nodes rather than zero. The lease holds the epoch
 # it was taken in, so a retried call does not add twice.
 _REGISTER: Final = """
 local node = ARGV[2]
-local lease = prefix .. 'node:' .. node
-local epoch = redis.call('GET', prefix .. 'epoch')
+local lease = T .. 'node:' .. node
+local epoch = redis.call('GET', T .. 'epoch')
 if not epoch then
   epoch = ARGV[5]
-  redis.call('SET', prefix .. 'epoch', epoch)
+  redis.call('SET', T .. 'epoch', epoch)
 end
 if epoch ~= ARGV[4] and redis.call('GET', lease) ~= epoch then
-  redis.call('INCRBY', prefix .. 'total', ARGV[6])
+  redis.call('INCRBY', T .. 'total', ARGV[6])
 end
 redis.call('SET', lease, epoch, 'PX', ARGV[3])
-redis.call('SADD', prefix .. 'nodes', node)
+redis.call('SADD', T .. 'nodes', node)
 return epoch
 """
 
-# ARGV: prefix, node, batch. Returns -1 when the node holds a lease, else how many were removed.
+# ARGV: T, node, batch. Returns -1 when the node holds a lease, else how many were removed.
 _REAP: Final = """
 local node = ARGV[2]
-if redis.call('EXISTS', prefix .. 'node:' .. node) == 1 then return -1 end
-local sids_key = prefix .. 'node:' .. node .. ':sids'
+if redis.call('EXISTS', T .. 'node:' .. node) == 1 then return -1 end
+local sids_key = T .. 'node:' .. node .. ':sids'
 local sids = redis.call('SPOP', sids_key, ARGV[3])
 for _, sid in ipairs(sids) do remove(sid) end
-if redis.call('EXISTS', sids_key) == 0 then redis.call('SREM', prefix .. 'nodes', node) end
+if redis.call('EXISTS', sids_key) == 0 then
+  redis.call('SREM', T .. 'nodes', node)
+  redis.call('DEL', T .. 'node:' .. node .. ':evicted')
+end
 return #sids
 """
 
 
-# Connections to Redis per process; callers beyond it wait for one (up to `timeout`).
+# Connections to Redis per process (per node of a cluster); callers beyond it wait for one.
 POOL_SIZE = 32
+
+EvictionListener = Callable[[list[str]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +343,11 @@ class _Local:
     username: str | None
     metadata: bytes
     following: bytes
+    pid_hash: str = ""
+    away: bool = False
+
+    def presence(self, sid: str) -> Presence:
+        return Presence(sid, self.connect_time, self.username, orjson.loads(self.metadata))
 
 
 class RedisStore:
@@ -225,8 +355,8 @@ class RedisStore:
 
     *node_id* must be unique among the running processes (e.g. ``f"{hostname}:{pid}"``). A
     node's connections vanish from the hub within about ``lease_seconds * 4 / 3`` after it dies
-    without :meth:`close`. *timeout* (seconds) bounds every Redis call, connecting included;
-    options in the URL's query string (``?socket_timeout=…``) take precedence.
+    without :meth:`close`. *timeout* (seconds) bounds every Redis call, connecting included.
+    *claim* says how a restore treats names that other connections hold meanwhile.
     """
 
     def __init__(
@@ -237,39 +367,36 @@ class RedisStore:
         prefix: str = "wshub:",
         lease_seconds: float = 15.0,
         timeout: float = 5.0,
+        claim: Claim = Claim.UNIQUE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
         self.node_id = node_id
-        self._prefix = prefix
+        self.target: RedisTarget = parse(url)
+        self._tag = "{" + prefix + "}"
+        self._slot_key = [self._tag + "nodes"]  # what routes every script in a cluster
         self._lease_seconds = lease_seconds
         self._lease_ms = max(1, round(lease_seconds * 1000))
+        self._multi = claim is Claim.MULTI
         self._clock = clock
-        # One immediate retry reconnects a pooled connection that Redis closed (a restart);
-        # redis-py's default backoff would stall every call for seconds during an outage.
-        # A blocking pool queues callers when all connections are busy: the default pool
-        # fails them with "Too many connections", which a burst of disconnects (a drain, a
-        # network blip, 500 clients leaving at once) reaches easily.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=POOL_SIZE,
-            timeout=timeout,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1),
+        self._redis: AnyRedis = connect(
+            self.target, timeout=timeout, pool_size=POOL_SIZE, decode_responses=True
         )
-        self._redis = aioredis.Redis.from_pool(pool)
         script = self._redis.register_script
         self._connect = script(_LUA_COMMON + _CONNECT)
         self._save = script(_LUA_COMMON + _SAVE)
         self._disconnect = script(_LUA_COMMON + _DISCONNECT)
         self._put = script(_LUA_COMMON + _PUT)
+        self._away = script(_LUA_COMMON + _AWAY)
+        self._move = script(_LUA_COMMON + _MOVE)
+        self._followers = script(_LUA_COMMON + _FOLLOWERS)
+        self._evicted = script(_LUA_COMMON + _EVICTED)
         self._register = script(_LUA_COMMON + _REGISTER)
         self._reap = script(_LUA_COMMON + _REAP)
 
         self._mirror: dict[str, _Local] = {}
+        self._eviction_listeners: list[EvictionListener] = []
         self._accepted = 0
         self._epoch = ""
         self._reachable = False
@@ -283,7 +410,7 @@ class RedisStore:
         self._not_restoring = asyncio.Event()
         self._not_restoring.set()
 
-    # -- lifecycle ----------------------------------------------------------------------------
+    # -- lifecycle
 
     async def start(self) -> None:
         """Take this node's lease and start renewing it and reaping dead nodes.
@@ -324,40 +451,33 @@ class RedisStore:
         """
         return self._reachable and self._clock() - self._renewed_at < self._lease_seconds
 
+    def on_evicted(self, listener: EvictionListener) -> None:
+        self._eviction_listeners.append(listener)
+
     async def restore(self) -> None:
         """Make Redis hold exactly this node's mirrored connections again, and retake the lease.
 
-        A name that another node claimed meanwhile stays theirs: the connection here keeps its
-        metadata and loses the name (logged). Raises :class:`StoreUnavailable`.
+        A name that another connection claimed meanwhile stays theirs (unless names may have
+        several holders): the connection here keeps its metadata and loses the name (logged).
+        Raises :class:`StoreUnavailable`.
         """
-        async with self._restore_lock, self._exclusive(), self._pipeline() as pipe:
+        async with self._restore_lock, self._exclusive():
             renewed_at = self._clock()
-            self._epoch = cast(
-                str,
-                await self._register(
-                    args=[
-                        self._prefix,
-                        self.node_id,
-                        self._lease_ms,
-                        self._epoch,
-                        uuid4().hex,
-                        self._accepted,
-                    ]
-                ),
-            )
+            args = [self.node_id, self._lease_ms, self._epoch, uuid4().hex, self._accepted]
+            self._epoch = cast(str, await self._call(self._register, *args))
             self._renewed_at = renewed_at
             # Left over by a write whose reply was lost, or by a predecessor with this node id.
             listed = cast(
                 set[str], await self._redis.smembers(self._key("node", self.node_id, "sids"))
             )
             for sids in _chunks([sid for sid in listed if sid not in self._mirror]):
-                for sid in sids:
-                    await self._disconnect(args=[self._prefix, sid], client=pipe)
-                await pipe.execute()
+                await self._call(self._disconnect, len(sids), *sids)
             for entries in _chunks(list(self._mirror.items())):
-                for sid, entry in entries:
-                    await self._put(args=self._put_args(sid, entry), client=pipe)
-                for (sid, entry), status in zip(entries, await pipe.execute(), strict=True):
+                fields = [field for sid, entry in entries for field in _put_fields(sid, entry)]
+                statuses = await self._call(
+                    self._put, self.node_id, "1" if self._multi else "0", len(entries), *fields
+                )
+                for (sid, entry), status in zip(entries, statuses, strict=True):
                     if status == "taken":
                         log.warning(
                             "username %r of connection %s was claimed by another connection "
@@ -365,22 +485,20 @@ class RedisStore:
                             entry.username,
                             sid,
                         )
-                        self._mirror[sid] = _Local(
-                            entry.connect_time, None, entry.metadata, entry.following
-                        )
+                        self._mirror[sid] = replace(entry, username=None)
         if not self._reachable:
             log.info(
                 "node %s registered in Redis with %d connection(s)", self.node_id, len(self._mirror)
             )
         self._reachable = True
 
-    # -- PresenceStore ------------------------------------------------------------------------
+    # -- PresenceStore
 
-    async def connect(self, sid: str, connect_time: str) -> None:
+    async def connect(self, sid: str, connect_time: str, *, pid_hash: str = "") -> None:
         async with self._writing():
             with self._guard():
-                await self._connect(args=[self._prefix, self.node_id, sid, connect_time])
-            self._mirror[sid] = _Local(connect_time, None, b"{}", b"[]")
+                await self._call(self._connect, self.node_id, sid, connect_time, pid_hash)
+            self._mirror[sid] = _Local(connect_time, None, b"{}", b"[]", pid_hash)
             self._accepted += 1
 
     async def disconnect(self, sid: str) -> Presence | None:
@@ -389,13 +507,13 @@ class RedisStore:
             # restore removes what is left of it.
             local = self._mirror.pop(sid, None)
             with self._guard():
-                removed = await self._disconnect(args=[self._prefix, sid])
+                removed = await self._call(self._disconnect, 1, sid)
         if removed:
-            connect_time, metadata, username = removed
+            connect_time, metadata, username, _ = removed[0]
             return Presence(sid, connect_time, username, orjson.loads(metadata))
         if local is not None:
-            # Already gone from Redis (reaped, or a retried call): the mirror still knows it.
-            return Presence(sid, local.connect_time, local.username, orjson.loads(local.metadata))
+            # Already gone from Redis (reaped, displaced, a retried call): the mirror knows it.
+            return local.presence(sid)
         return None
 
     async def get(self, sid: str) -> Presence | None:
@@ -403,49 +521,59 @@ class RedisStore:
         if local is not None:
             # Only this node writes its own connections, so its copy is the truth (it is what a
             # restore writes back): no round trip for the sender of every event.
-            return Presence(sid, local.connect_time, local.username, orjson.loads(local.metadata))
+            return local.presence(sid)
         with self._guard():
             fields = await self._redis.hmget(
                 self._key("conn", sid), ["connect_time", "username", "metadata"]
             )
         return _presence(sid, cast(list[str | None], fields))
 
-    async def save(self, sid: str, username: str | None, metadata: Mapping[str, Any]) -> Presence:
+    async def save(
+        self,
+        sid: str,
+        username: str | None,
+        metadata: Mapping[str, Any],
+        *,
+        claim: Claim = Claim.UNIQUE,
+        evict: str | None = None,
+    ) -> Saved:
         encoded = orjson.dumps(dict(metadata))
         # The caller's dict stays theirs: the snapshot gets its own copy.
         decoded: dict[str, Any] = orjson.loads(encoded)
         following = orjson.dumps(_following(decoded))
+        name = ("1", username) if username is not None else ("0", "")
         async with self._writing():
             with self._guard():
-                reply = await self._save(
-                    args=[
-                        self._prefix,
-                        sid,
-                        "0" if username is None else "1",
-                        username or "",
-                        encoded,
-                        following,
-                    ]
+                reply = await self._call(
+                    self._save, sid, *name, encoded, following, claim.value, evict or ""
                 )
-            if reply[0] == "missing":
+            status, *rest = reply
+            if status == "missing":
                 raise KeyError(sid)
-            if reply[0] == "taken":
+            if status == "taken":
                 assert username is not None  # only a name can be taken
-                raise UsernameTaken(username)
-            connect_time: str = reply[1]
-            if sid in self._mirror:  # not when saving another node's connection
-                self._mirror[sid] = _Local(connect_time, username, encoded, following)
-        return Presence(sid, connect_time, username, decoded)
+                raise UsernameTaken(username, _addresses(rest))
+            connect_time, *flat = rest
+            displaced = _addresses(flat)
+            for address in displaced:
+                if address.node == self.node_id:
+                    self._mirror.pop(address.sid, None)  # this node ends them (Saved.displaced)
+            local = self._mirror.get(sid)
+            if local is not None:  # not when saving another node's connection
+                self._mirror[sid] = replace(
+                    local, username=username, metadata=encoded, following=following
+                )
+        return Saved(Presence(sid, connect_time, username, decoded), displaced)
 
-    async def sid_of(self, username: str) -> str | None:
+    async def connections_of(self, username: str) -> Sequence[Address]:
         with self._guard():
-            return cast(str | None, await self._redis.hget(self._key("names"), username))
+            routes = cast(dict[str, str], await self._redis.hgetall(self._key("user", username)))
+        return [_address(sid, where) for sid, where in routes.items()]
 
-    async def followers_of(self, username: str) -> Sequence[str]:
+    async def followers_of(self, username: str) -> Sequence[Address]:
         with self._guard():
-            return list(
-                cast(set[str], await self._redis.smembers(self._key("followers", username)))
-            )
+            flat = await self._call(self._followers, username)
+        return _addresses(flat)
 
     async def clients(self) -> Sequence[Presence]:
         with self._guard():
@@ -474,20 +602,65 @@ class RedisStore:
                 active, total = await pipe.execute()
         return Counts(active=int(active), total=int(total or 0))
 
-    async def ping(self) -> None:
-        with self._guard():
-            await self._redis.ping()
+    async def set_away(self, sid: str, away: bool) -> bool:
+        async with self._writing():
+            local = self._mirror.get(sid)
+            if local is None:
+                return False
+            self._mirror[sid] = replace(local, away=away)
+            with self._guard():
+                return bool(await self._call(self._away, sid, self.node_id, "1" if away else "0"))
 
-    # -- internals ----------------------------------------------------------------------------
+    async def record(self, sid: str) -> SessionRecord | None:
+        with self._guard():
+            node, pid_hash, away = cast(
+                list[str | None],
+                await self._redis.hmget(self._key("conn", sid), ["node", "pid", "away"]),
+            )
+        if node is None:
+            return None
+        return SessionRecord(node, pid_hash or "", away == "1")
+
+    async def move(self, sid: str, to_node: str) -> Presence | None:
+        async with self._writing():
+            with self._guard():
+                moved = await self._call(self._move, sid, self.node_id, to_node)
+            self._mirror.pop(sid, None)
+        if not moved:
+            return None
+        connect_time, username, metadata = moved
+        return Presence(sid, connect_time, username, orjson.loads(metadata or "{}"))
+
+    def adopt(self, presence: Presence, pid_hash: str) -> None:
+        metadata = orjson.dumps(dict(presence.metadata))
+        following = orjson.dumps(_following(presence.metadata))
+        self._mirror[presence.sid] = _Local(
+            presence.connect_time, presence.username, metadata, following, pid_hash
+        )
+
+    async def ping(self) -> None:
+        """Redis answers; and when this node's lease is gone (Redis restarted empty, say), the
+        node is unhealthy until its next tick restores its entries."""
+        with self._guard():
+            leased = await self._redis.exists(self._key("node", self.node_id))
+        if not leased:
+            self._renewed_at = -math.inf
+
+    # -- internals
+
+    async def _call(self, script: Any, *args: Any) -> Any:
+        """Run a script: routed by the tag's key (a cluster sends it to the slot's node)."""
+        return await script(keys=self._slot_key, args=[self._tag, *args])
 
     async def _maintain(self) -> None:
-        """Renew the lease and reap dead nodes every lease_seconds / 3; restore when needed."""
+        """Renew the lease, reap dead nodes, end evicted connections, every lease_seconds / 3."""
         while True:
             await asyncio.sleep(self._lease_seconds / 3)
             try:
                 if not self._reachable or not await self._renew():
                     await self.restore()
                 await self._reap_expired()
+                await self._end_evicted()
             except StoreUnavailable:
                 pass  # logged by _guard when it began; the next tick tries again
             except Exception:
@@ -504,6 +677,14 @@ class RedisStore:
             return False
         self._renewed_at = renewed_at
         return True
+
+    async def _end_evicted(self) -> None:
+        with self._guard():
+            sids = cast(list[str], await self._call(self._evicted, self.node_id))
+        gone = [sid for sid in sids if self._mirror.pop(sid, None) is not None]
+        if gone:
+            for listener in self._eviction_listeners:
+                await listener(gone)
 
     async def _reap_expired(self) -> None:
         with self._guard():
@@ -532,31 +713,20 @@ class RedisStore:
         """Remove the connections of a node without a lease; how many were removed."""
         removed = 0
         while True:
-            count = int(await self._reap(args=[self._prefix, node, _BATCH]))
+            count = int(await self._call(self._reap, node, _BATCH))
             if count < 0:  # it came back
                 return removed
             removed += count
             if count < _BATCH:
                 return removed
 
-    def _put_args(self, sid: str, entry: _Local) -> list[str | bytes]:
-        return [
-            self._prefix,
-            self.node_id,
-            sid,
-            entry.connect_time,
-            "0" if entry.username is None else "1",
-            entry.username or "",
-            entry.metadata,
-            entry.following,
-        ]
-
     def _key(self, *parts: str) -> str:
-        return self._prefix + ":".join(parts)
+        return self._tag + ":".join(parts)
 
     @contextlib.asynccontextmanager
-    async def _pipeline(self) -> AsyncIterator[Pipeline]:
-        # Not a MULTI: each script is atomic on its own; the pipeline only saves round trips.
+    async def _pipeline(self) -> AsyncIterator[Any]:
+        # Not a MULTI: the pipeline only saves round trips (and holds no scripts: a cluster
+        # refuses them in pipelines).
         async with self._redis.pipeline(transaction=False) as pipe:
             yield pipe
 
@@ -600,6 +770,28 @@ class RedisStore:
         finally:
             self._restoring = False
             self._not_restoring.set()
+
+
+def _put_fields(sid: str, entry: _Local) -> list[str | bytes]:
+    return [
+        sid,
+        entry.connect_time,
+        "0" if entry.username is None else "1",
+        entry.username or "",
+        entry.metadata,
+        entry.following,
+        entry.pid_hash,
+        "1" if entry.away else "0",
+    ]
+
+
+def _address(sid: str, where: str) -> Address:
+    node, _, state = where.partition(" ")
+    return Address(sid, node, state == "away")
+
+
+def _addresses(flat: Sequence[str]) -> list[Address]:
+    return [_address(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
 
 
 def _presence(sid: str, fields: list[str | None]) -> Presence | None:

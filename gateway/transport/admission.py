@@ -1,4 +1,9 @@
-"""Who may open a connection: a total cap, a per-address cap and a per-address connect rate.
+"""Who may open an Engine.IO session: a total cap, a per-address cap and a per-address rate.
+
+Admission happens at the Engine.IO handshake, before python-engineio creates a session: a
+session counts against the caps from its first request, whether or not its Socket.IO CONNECT
+ever comes. An admitted handshake gets a :class:`Ticket`; the connection holds it as its
+admission slot (``Resource.ADMISSION``) and returns it exactly once when its transport ends.
 
 The client address is the peer's, or, when the peer is a trusted proxy, the right-most
 address of ``X-Forwarded-For`` that is not itself a trusted proxy (RFC 7239 section 7.4: only
@@ -12,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..protocol.errors import UNAVAILABLE, ErrorCode
 from ..token_bucket import TokenBucket
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -28,6 +34,40 @@ class AdmissionPolicy:
     connect_burst: int
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a handshake is refused, as the HTTP answer says it."""
+
+    status: int
+    code: str | int
+    """A gateway code (``RATE_LIMIT``), or Engine.IO's own numeric one for protocol errors."""
+    message: str
+    retry_after: float | None = None
+
+    def body(self) -> dict[str, object]:
+        body: dict[str, object] = {"code": self.code, "message": self.message}
+        if self.retry_after is not None:
+            body["retryAfterMs"] = max(1, round(self.retry_after * 1000))
+        return body
+
+
+class Ticket:
+    """One admitted session's slot. Released exactly once; a second release is a bug."""
+
+    __slots__ = ("_admission", "address", "released")
+
+    def __init__(self, admission: Admission, address: str) -> None:
+        self._admission = admission
+        self.address = address
+        self.released = False
+
+    def release(self) -> None:
+        if self.released:
+            raise RuntimeError(f"admission slot of {self.address} released twice")
+        self.released = True
+        self._admission._return(self.address)
+
+
 class Admission:
     def __init__(self, policy: AdmissionPolicy, clock: Callable[[], float]) -> None:
         self._policy = policy
@@ -35,13 +75,24 @@ class Admission:
         self._open: Counter[str] = Counter()
         self._buckets: dict[str, TokenBucket] = {}
 
-    def admit(self, address: str) -> str | None:
-        """Count the connection in and return None, or return why it is refused."""
+    @property
+    def open(self) -> int:
+        """Slots held: every Engine.IO session of this process, whatever its state."""
+        return self._open.total()
+
+    def held_by(self, address: str) -> int:
+        return self._open[address]
+
+    def admit(self, address: str) -> Ticket | Refusal:
         p = self._policy
         if self._open.total() >= p.max_connections:
-            return f"server full ({p.max_connections} connections)"
+            return Refusal(503, UNAVAILABLE, f"server full ({p.max_connections} connections)")
         if self._open[address] >= p.max_per_address:
-            return f"too many connections from your address (max {p.max_per_address})"
+            return Refusal(
+                429,
+                ErrorCode.RATE_LIMIT.value,
+                f"too many connections from your address (max {p.max_per_address})",
+            )
         now = self._clock()
         bucket = self._buckets.get(address)
         if bucket is None:
@@ -49,11 +100,14 @@ class Admission:
                 self._sweep(now)
             bucket = self._buckets[address] = TokenBucket(p.connect_rate, p.connect_burst, now)
         if not bucket.take(now):
-            return f"connecting too fast; retry in {bucket.wait_time(now):.1f} s"
+            wait = bucket.wait_time(now)
+            return Refusal(
+                429, ErrorCode.RATE_LIMIT.value, f"connecting too fast; retry in {wait:.1f} s", wait
+            )
         self._open[address] += 1
-        return None
+        return Ticket(self, address)
 
-    def release(self, address: str) -> None:
+    def _return(self, address: str) -> None:
         self._open[address] -= 1
         if self._open[address] <= 0:
             del self._open[address]
@@ -67,16 +121,22 @@ class Admission:
 def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[IPNetwork]) -> str:
     if not forwarded_for or not _is_trusted(peer, trusted):
         return peer
-    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    hops = [_ip(hop) for hop in forwarded_for.split(",")]
     for hop in reversed(hops):
-        if not _is_trusted(hop, trusted):
-            return hop
-    return hops[0] if hops else peer
+        if hop is None:
+            return peer  # not an address: the chain cannot be read past this point
+        if not _is_trusted(str(hop), trusted):
+            return str(hop)
+    return str(hops[0]) if hops and hops[0] is not None else peer
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
 
 
 def _is_trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in trusted)
+    ip = _ip(address)
+    return ip is not None and any(ip in network for network in trusted)

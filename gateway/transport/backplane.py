@@ -1,15 +1,29 @@
-"""The Redis backplane: python-socketio's Redis client manager, checked end to end.
+"""The Redis backplane: each node hears its own channel and the broadcast channel, nothing else.
 
-python-socketio's Redis pub/sub listener has a history of dying silently (python-socketio
-issue 1581: a server stayed "deaf" for a day while accepting connections), and its publisher
-gives up on a failed publish with only a log line. This manager:
+A message for connections of another node is one publish on that node's channel, carrying all
+of that node's recipients; a broadcast is one publish on the broadcast channel, which every node
+fans out to its own clients. No node decodes what is addressed to another. On a Redis Cluster
+the channels are sharded (SPUBLISH / SSUBSCRIBE): each lives on the shard that owns its slot,
+so the pub/sub load spreads with the number of shards. (python-socketio's Redis manager, which
+this replaces, publishes everything on one channel that every node decodes.)
 
-* probes itself: every ``probe_interval`` it publishes a message addressed to itself on the
-  Socket.IO channel and expects its own listener to hear it within ``probe_timeout``;
-  ``healthy`` (shown on ``/ready`` and in metrics) is the last probe's outcome, and a failed
-  probe restarts the listener (fresh connection, fresh subscription);
-* raises :class:`BackplaneUnavailable` when a publish fails, so the sender of a message that
-  could not reach the other instances gets an error instead of silence.
+Frames are bytes, one line of header per field and the Socket.IO packet text last, so that a
+node reads only what it needs::
+
+    D<origin>\\n<event>\\n<sid>,<sid>,...\\n<packet>   deliver to these connections
+    B<origin>\\n<event>\\n<packet>                     deliver to every connection but the origin's
+    Q<origin>\\n<request id>\\n<JSON>                  a request to this node (answered with A)
+    A<origin>\\n<request id>\\n<JSON>                  the answer
+    C<origin>\\n<JSON>                                 a control message, no answer
+    P<origin>\\n<nonce>                                the self-probe
+
+Pub/sub is at most once: a node that is not subscribed when a message is published never gets
+it. ``PUBLISH`` says how many subscribers took a message, so a message to a node that is not
+listening is reported as not delivered rather than lost in silence.
+
+The self-probe: every ``probe_interval`` the node publishes a nonce on its own channel and on the
+broadcast channel and expects to hear both within ``probe_timeout``; ``healthy`` (on ``/ready``
+and in metrics) is the last probe's outcome, and a failed probe restarts the subscriptions.
 """
 
 from __future__ import annotations
@@ -18,111 +32,287 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
-from urllib.parse import urlparse
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
+import orjson
 import redis.asyncio as aioredis
-import socketio
+from redis.asyncio.cluster import RedisCluster
 
 from ..store.base import StoreUnavailable
 from ..store.redis import POOL_SIZE
-from .manager import DirectEmitManager
+from ..store.redis_topology import AnyRedis, RedisTarget, connect
 
 log = logging.getLogger("wshub.backplane")
 
-_PROBE = b"wshub-probe:"
+_RETRY_PAUSES = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 
 class BackplaneUnavailable(StoreUnavailable):
-    """A message could not be published to the other instances."""
+    """A message could not be published to the other nodes."""
 
 
-class GatewayRedisManager(socketio.AsyncRedisManager, DirectEmitManager):  # type: ignore[misc]
-    """Redis pub/sub across processes; local delivery without a task per recipient."""
+class Inbox(Protocol):
+    """What a node does with what other nodes send it."""
 
-    def __init__(self, url: str, *, channel: str, probe_timeout: float) -> None:
-        super().__init__(url, channel=channel)
-        self.probe_timeout = probe_timeout
-        self.healthy = False
-        self.connected: bool = False
-        self._heard: dict[str, asyncio.Event] = {}
+    def deliver(self, event: str, sids: list[str], packet: str) -> None: ...
 
-    def _redis_connect(self) -> None:
-        if urlparse(self.redis_url).scheme.endswith("+sentinel"):
-            super()._redis_connect()
-            return
-        # As in the presence store: a burst of publishes waits for a pooled connection instead
-        # of failing with "Too many connections" (redis-py's default pool).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.redis_url, max_connections=POOL_SIZE, timeout=self.probe_timeout * 2
+    async def broadcast_in(self, event: str, packet: str) -> None: ...
+
+    async def request(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def control(self, body: dict[str, Any]) -> None: ...
+
+
+class Backplane:
+    def __init__(
+        self,
+        target: RedisTarget,
+        inbox: Inbox,
+        *,
+        node_id: str,
+        prefix: str,
+        probe_timeout: float,
+        timeout: float = 5.0,
+    ) -> None:
+        self.node_id = node_id
+        self._origin = node_id.encode()
+        self._inbox = inbox
+        self._target = target
+        self._prefix = prefix
+        self._probe_timeout = probe_timeout
+        self._redis: AnyRedis = connect(
+            target, timeout=timeout, pool_size=POOL_SIZE, decode_responses=False
         )
-        self.redis = aioredis.Redis.from_pool(pool)
-        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        self.connected = True
+        # Subscriptions wait for messages as long as it takes (an idle channel is not an error);
+        # a dead one is found by the probe, which puts traffic on both channels every interval.
+        self._listening: AnyRedis | None = None
+        if not target.sharded:
+            self._listening = connect(
+                target, timeout=timeout, pool_size=4, decode_responses=False, read_timeout=None
+            )
+        self.own_channel = self.channel_of(node_id)
+        self.broadcast_channel = f"{prefix}ch:all"
+        self.healthy = False
+        self._listeners: dict[str, asyncio.Task[None]] = {}
+        self._subscribed: dict[str, asyncio.Event] = {}
+        self._heard: dict[bytes, asyncio.Event] = {}
+        self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
+        self._work: set[asyncio.Task[Any]] = set()
 
-    async def _listen(self) -> AsyncIterator[Any]:
-        async for message in super()._listen():
-            if isinstance(message, bytes) and message.startswith(_PROBE):
-                heard = self._heard.get(message[len(_PROBE) :].decode())
-                if heard is not None:
-                    heard.set()
-                continue
-            yield message
+    def channel_of(self, node: str) -> str:
+        return f"{self._prefix}ch:node:{node}"
 
-    async def _publish(self, data: Any) -> Any:
-        payload = self.json.dumps(data)
-        for attempt in (1, 2):
-            try:
-                if not self.connected:
-                    self._redis_connect()
-                return await self.redis.publish(self.channel, payload)
-            except Exception as exc:  # redis-py raises many kinds; all mean "not sent"
-                self.connected = False
-                if attempt == 2:
-                    self.healthy = False
-                    raise BackplaneUnavailable(f"cannot publish to Redis: {exc}") from exc
-        return None
+    # -- lifecycle
+
+    async def start(self) -> None:
+        """Subscribe, and wait (up to the probe timeout) until both subscriptions are in place."""
+        for channel in (self.own_channel, self.broadcast_channel):
+            self._subscribed[channel] = asyncio.Event()
+            self._listeners[channel] = asyncio.create_task(
+                self._listen(channel), name=f"wshub:backplane:{channel}"
+            )
+        await self._wait_subscribed()
+
+    async def stop(self) -> None:
+        tasks = [*self._listeners.values(), *self._work]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._listeners.clear()
+        await self._redis.aclose()
+        if self._listening is not None:
+            await self._listening.aclose()
+
+    # -- sending
+
+    async def deliver(self, node: str, event: str, sids: list[str], packet: str) -> int:
+        """Hand *packet* to node *node* for *sids*; how many subscribers took it (0: none is
+        listening there). Raises :class:`BackplaneUnavailable`."""
+        frame = b"D%b\n%b\n%b\n%b" % (
+            self._origin,
+            event.encode(),
+            ",".join(sids).encode(),
+            packet.encode(),
+        )
+        return await self._publish(self.channel_of(node), frame)
+
+    async def broadcast(self, event: str, packet: str) -> int:
+        frame = b"B%b\n%b\n%b" % (self._origin, event.encode(), packet.encode())
+        return await self._publish(self.broadcast_channel, frame)
+
+    async def control(self, node: str, body: dict[str, Any]) -> int:
+        return await self._publish(
+            self.channel_of(node), b"C%b\n%b" % (self._origin, orjson.dumps(body))
+        )
+
+    async def request(
+        self, node: str, body: dict[str, Any], timeout: float
+    ) -> dict[str, Any] | None:
+        """Ask node *node*; its answer, or None when none came within *timeout*."""
+        rid = uuid.uuid4().hex[:16].encode()
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = answer
+        try:
+            frame = b"Q%b\n%b\n%b" % (self._origin, rid, orjson.dumps(body))
+            if not await self._publish(self.channel_of(node), frame):
+                return None
+            async with asyncio.timeout(timeout):
+                return await answer
+        except TimeoutError:
+            return None
+        finally:
+            self._pending.pop(rid, None)
 
     async def probe(self) -> bool:
-        """Publish to ourselves and wait to hear it; restart the listener when we do not."""
-        nonce = f"{self.host_id}:{uuid.uuid4().hex}"
-        heard = self._heard[nonce] = asyncio.Event()
+        """Publish to ourselves on both channels and wait to hear both."""
+        nonces = [uuid.uuid4().hex.encode() for _ in range(2)]
+        heard = [self._heard.setdefault(nonce, asyncio.Event()) for nonce in nonces]
         try:
-            await self._subscribed()
-            if not self.connected:
-                self._redis_connect()
-            await asyncio.wait_for(
-                self.redis.publish(self.channel, _PROBE + nonce.encode()), self.probe_timeout
-            )
-            await asyncio.wait_for(heard.wait(), self.probe_timeout)
+            await self._wait_subscribed()
+            for channel, nonce in zip(
+                (self.own_channel, self.broadcast_channel), nonces, strict=True
+            ):
+                await self._publish(channel, b"P%b\n%b" % (self._origin, nonce))
+            async with asyncio.timeout(self._probe_timeout):
+                for event in heard:
+                    await event.wait()
             ok = True
         except Exception as exc:  # timeout or Redis error: either way, not heard
-            self.connected = False
             ok = False
-            log.warning("backplane probe failed (%s); restarting the listener", exc or "timeout")
-            await self._restart_listener()
+            log.warning(
+                "backplane probe failed (%s); restarting the subscriptions", exc or "timeout"
+            )
+            self._restart()
         finally:
-            del self._heard[nonce]
+            for nonce in nonces:
+                self._heard.pop(nonce, None)
         if ok and not self.healthy:
             log.info("backplane healthy")
         self.healthy = ok
         return ok
 
-    async def _subscribed(self) -> None:
-        """Wait (up to the probe timeout) for the listener's subscription: a probe published
-        before it is in place, right after start or a restart, would go unheard."""
-        async with asyncio.timeout(self.probe_timeout):
-            # redis-py exposes no event for it, only the flag.
-            while not getattr(getattr(self, "pubsub", None), "subscribed", False):  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
+    async def _publish(self, channel: str, frame: bytes) -> int:
+        try:
+            if self._target.sharded:
+                return int(await self._redis.execute_command("SPUBLISH", channel, frame))
+            return int(await self._redis.publish(channel, frame))
+        except Exception as exc:  # redis-py raises many kinds; all mean "not sent"
+            self.healthy = False
+            raise BackplaneUnavailable(f"cannot publish to Redis: {exc}") from exc
 
-    async def _restart_listener(self) -> None:
-        thread = getattr(self, "thread", None)
-        if thread is not None:
-            thread.cancel()
-        pubsub = getattr(self, "pubsub", None)
-        if pubsub is not None:
-            with contextlib.suppress(Exception):  # the connection may be long gone
-                await pubsub.aclose()
-        self.thread = self.server.start_background_task(self._thread)
+    # -- receiving
+
+    async def _listen(self, channel: str) -> None:
+        """One subscription, kept: resubscribed after an error or a slot move, forever."""
+        failures = 0
+        while True:
+            pubsub: Any = None
+            try:
+                pubsub = await self._subscribe(channel)
+                self._subscribed[channel].set()
+                failures = 0
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is None:
+                        continue
+                    kind = message["type"]
+                    if kind in (b"message", b"smessage", "message", "smessage"):
+                        await self._on_frame(message["data"])
+                    elif kind in (b"sunsubscribe", b"unsubscribe", "sunsubscribe", "unsubscribe"):
+                        # A cluster slot moved (Redis pushes this): subscribe at the new owner.
+                        log.info("backplane channel %s moved; resubscribing", channel)
+                        break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                pause = _RETRY_PAUSES[min(failures, len(_RETRY_PAUSES) - 1)]
+                failures += 1
+                log.warning(
+                    "backplane subscription %s lost (%s); again in %.2f s", channel, exc, pause
+                )
+                await asyncio.sleep(pause)
+            finally:
+                self._subscribed[channel].clear()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+
+    async def _subscribe(self, channel: str) -> Any:
+        if self._listening is not None:
+            pubsub = self._listening.pubsub()
+            await pubsub.subscribe(channel)
+            return pubsub
+        cluster = self._redis
+        assert isinstance(cluster, RedisCluster)
+        await cluster.nodes_manager.initialize()  # the slot map as it is now
+        owner = cluster.get_node_from_key(channel)
+        if owner is None:
+            raise BackplaneUnavailable(f"no cluster node owns the slot of {channel}")
+        auth = {k: v for k, v in self._target.options.items() if k in ("username", "password")}
+        connection = aioredis.Redis(
+            host=owner.host,
+            port=int(owner.port),
+            ssl=bool(self._target.options.get("ssl")),
+            socket_connect_timeout=self._probe_timeout,
+            **auth,
+        )
+        pubsub = connection.pubsub()
+        await pubsub.ssubscribe(channel)
+        return pubsub
+
+    async def _on_frame(self, frame: bytes) -> None:
+        kind, rest = frame[:1], frame[1:]
+        origin, _, rest = rest.partition(b"\n")
+        if kind == b"D":
+            event, _, rest = rest.partition(b"\n")
+            sids, _, packet = rest.partition(b"\n")
+            self._inbox.deliver(event.decode(), sids.decode().split(","), packet.decode())
+        elif kind == b"B":
+            if origin != self._origin:  # the origin served its own clients already
+                event, _, packet = rest.partition(b"\n")
+                await self._inbox.broadcast_in(event.decode(), packet.decode())
+        elif kind == b"P":
+            heard = self._heard.get(rest) if origin == self._origin else None
+            if heard is not None:
+                heard.set()
+        elif kind == b"Q":
+            rid, _, body = rest.partition(b"\n")
+            self._spawn(self._answer(origin.decode(), rid, orjson.loads(body)))
+        elif kind == b"A":
+            rid, _, body = rest.partition(b"\n")
+            waiter = self._pending.get(rid)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(orjson.loads(body))
+        elif kind == b"C":
+            self._spawn(self._inbox.control(orjson.loads(rest)))
+
+    async def _answer(self, origin: str, rid: bytes, body: dict[str, Any]) -> None:
+        answer = await self._inbox.request(body)
+        with contextlib.suppress(BackplaneUnavailable):  # the asker times out and says so
+            await self._publish(
+                self.channel_of(origin), b"A%b\n%b\n%b" % (self._origin, rid, orjson.dumps(answer))
+            )
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        # Requests can take a while (a probe waits up to a second): never in the listener's way.
+        task = asyncio.ensure_future(work)
+        self._work.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._work.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("backplane request failed", exc_info=task.exception())
+
+    def _restart(self) -> None:
+        for channel, task in list(self._listeners.items()):
+            task.cancel()
+            self._listeners[channel] = asyncio.create_task(
+                self._listen(channel), name=f"wshub:backplane:{channel}"
+            )
+
+    async def _wait_subscribed(self) -> None:
+        async with asyncio.timeout(self._probe_timeout):
+            for event in self._subscribed.values():
+                await event.wait()

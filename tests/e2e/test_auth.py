@@ -96,10 +96,22 @@ async def test_connection_ends_when_its_token_expires(auth_server, clients) -> N
     await asyncio.wait_for(client.disconnected.wait(), 3)
 
 
-async def test_second_connection_of_the_same_user_is_refused(auth_server, clients) -> None:
-    await clients.new(auth_server.url).connect(auth={"token": token(aud="wshub")})
-    reason = await refused(auth_server.url, auth={"token": token(aud="wshub")})
-    assert "One or more namespaces failed" in reason or "already connected" in reason
+async def test_second_connection_of_the_same_user_is_refused_with_reject(
+    server_factory, clients
+) -> None:
+    server = server_factory(
+        auth_jwt_secret=SECRET, auth_jwt_audience="wshub", user_connections="reject"
+    )
+    first = await clients.new(server.url).connect(auth={"token": token(aud="wshub")})
+    client = clients.new(server.url)
+    errors: list[object] = []
+    client.sio.on("connect_error", lambda data: errors.append(data))
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(auth={"token": token(aud="wshub")})
+    assert errors == [
+        {"message": "user 'alice' is already connected", "data": {"code": "DUPLICATE_USERNAME"}}
+    ]
+    assert "timestamp" in await first.call("client-ping")  # the live holder keeps its place
 
 
 async def test_es256_public_key(server_factory, clients, tmp_path) -> None:

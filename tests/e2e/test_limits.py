@@ -37,15 +37,15 @@ async def test_rate_limit_answers_with_the_time_to_wait(server_factory, clients)
     server = server_factory(rate_limit=5, rate_limit_burst=3, flood_disconnect_after=50)
     client = await clients.connect(server.url, "alice")  # one token
     for _ in range(4):
-        await client.emit("system:clients")
+        await client.emit("system:getConfig")
     for _ in range(2):
-        await client.expect("system:clients")
+        await client.expect("system:config")
     error = await client.expect("system:error")
     assert error["code"] == "RATE_LIMIT" and error["retryAfterMs"] > 0
     assert "retry in" in error["message"]
     await asyncio.sleep(error["retryAfterMs"] / 1000 + 0.05)
-    await client.emit("system:clients")
-    await client.expect("system:clients")
+    await client.emit("system:getConfig")
+    await client.expect("system:config")
 
 
 async def test_heartbeat_acks_are_never_rate_limited(server_factory, clients) -> None:

@@ -25,11 +25,12 @@ def test_stop_cancels_the_expiry() -> None:
     assert tracker.expire(now=10) == []
 
 
-def test_drop_returns_only_pairs_where_the_sid_was_sending() -> None:
+def test_drop_returns_the_pairs_the_sid_was_sending() -> None:
+    # Pairs are (sender sid, target username): a target going away leaves them to expire.
     tracker = TypingTracker(timeout=5)
-    tracker.start(("a", "b"), now=0)
-    tracker.start(("c", "a"), now=0)
-    tracker.start(("c", "d"), now=0)
-    assert tracker.drop("a") == [("a", "b")]
-    assert len(tracker) == 1
-    assert tracker.expire(now=10) == [("c", "d")]
+    tracker.start(("a", "bob"), now=0)
+    tracker.start(("c", "alice"), now=0)
+    tracker.start(("c", "dave"), now=0)
+    assert tracker.drop("a") == [("a", "bob")]
+    assert len(tracker) == 2
+    assert sorted(tracker.expire(now=10)) == [("c", "alice"), ("c", "dave")]

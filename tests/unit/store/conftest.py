@@ -59,11 +59,26 @@ async def make_store(prefix: str) -> AsyncIterator[StoreFactory]:
         await store.close()
 
 
+def tagged(prefix: str) -> str:
+    """Where the store keeps its keys: under the prefix as one hash tag (a cluster slot)."""
+    return "{" + prefix + "}"
+
+
 async def wipe(redis: aioredis.Redis, prefix: str) -> None:
     """Delete every key under *prefix*: what a Redis restarted without persistence looks like."""
-    keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
-    if keys:
-        await redis.delete(*keys)
+    for pattern in (f"{prefix}*", f"{tagged(prefix)}*"):
+        keys = [key async for key in redis.scan_iter(match=pattern.replace("[", "\\["), count=1000)]
+        if keys:
+            await redis.delete(*keys)
+
+
+async def holders(store: Any, username: str) -> list[str]:
+    """The sids holding *username*, in claim order."""
+    return [address.sid for address in await store.connections_of(username)]
+
+
+async def follower_sids(store: Any, username: str) -> list[str]:
+    return sorted(address.sid for address in await store.followers_of(username))
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float) -> float:

@@ -28,6 +28,9 @@ from tests.unit.store.conftest import (
     T1,
     StoreFactory,
     eventually,
+    follower_sids,
+    holders,
+    tagged,
     wipe,
 )
 
@@ -42,13 +45,13 @@ async def test_presence_snapshots_are_copies(make_store: StoreFactory) -> None:
     assert fresh is not None and (fresh.username, dict(fresh.metadata)) == (None, {})
 
     metadata = {"following": ["bob", "bob", 7], "profile": {"age": 3}, "status": "busy"}
-    saved = await store.save("a", "alice", metadata)
+    saved = (await store.save("a", "alice", metadata)).presence
     metadata["status"] = "changed by the caller afterwards"
     assert saved.connect_time == T0 and saved.metadata["status"] == "busy"
     got = await store.get("a")
     assert got is not None and got == saved and got.metadata is not saved.metadata
     assert got.following == ["bob", "bob", 7] and got.profile == {"age": 3}
-    assert await store.followers_of("bob") == ["a"]
+    assert await follower_sids(store, "bob") == ["a"]
 
 
 # -- several nodes on one Redis -------------------------------------------------------------
@@ -65,9 +68,9 @@ async def test_nodes_share_names_followers_clients_and_counts(make_store: StoreF
     await n2.save("b", "bob", {"following": ["alice"]})
     await n2.save("c", "carol", {"following": ["bob"]})
 
-    assert await n2.sid_of("alice") == "a"
-    assert sorted(await n1.followers_of("bob")) == ["a", "c"]
-    assert await n1.followers_of("alice") == ["b"]
+    assert await holders(n2, "alice") == ["a"]
+    assert await follower_sids(n1, "bob") == ["a", "c"]
+    assert await follower_sids(n1, "alice") == ["b"]
     for node in (n1, n2):
         clients = await node.clients()
         assert [(p.sid, p.username) for p in clients] == [
@@ -83,10 +86,10 @@ async def test_nodes_share_names_followers_clients_and_counts(make_store: StoreF
     assert gone is not None and (gone.username, gone.following) == ("alice", ["bob"])
     # (n1 still reads "a" from its own copy: in the gateway only the owning node ends its
     # connections, and a reaped one is written back by its owner's restore.)
-    assert await n2.get("a") is None and await n1.sid_of("alice") is None
-    assert await n1.followers_of("bob") == ["c"]
+    assert await n2.get("a") is None and await holders(n1, "alice") == []
+    assert await follower_sids(n1, "bob") == ["c"]
     await n1.save("b", "bobby", {})  # and update it
-    assert await n2.sid_of("bobby") == "b"
+    assert await holders(n2, "bobby") == ["b"]
     assert (await n2.counts()).active == 2
 
 
@@ -105,7 +108,7 @@ async def test_concurrent_claims_of_one_name_have_one_winner(make_store: StoreFa
 
     winners = [sid for sid in await asyncio.gather(*(claim(*c) for c in claimants)) if sid]
     assert len(winners) == 1
-    assert await n1.sid_of("alice") == await n2.sid_of("alice") == winners[0]
+    assert await holders(n1, "alice") == await holders(n2, "alice") == winners
     # The losers' metadata was not written either.
     assert [sid for _, sid in claimants if await n1.followers_of(sid)] == winners
 
@@ -118,10 +121,10 @@ async def test_close_removes_the_nodes_connections(
     await n1.save("a", "alice", {"following": ["bob"]})
     await n2.connect("b", T0)
     await n1.close()
-    assert await n2.sid_of("alice") is None and await n2.followers_of("bob") == []
+    assert await holders(n2, "alice") == [] and await follower_sids(n2, "bob") == []
     assert [p.sid for p in await n2.clients()] == ["b"]
-    assert await redis.smembers(f"{prefix}nodes") == {"n2"}
-    assert not [key async for key in redis.scan_iter(match=f"{prefix}node:n1*")]
+    assert await redis.smembers(f"{tagged(prefix)}nodes") == {"n2"}
+    assert not [key async for key in redis.scan_iter(match=f"{tagged(prefix)}node:n1*")]
 
 
 # -- dead nodes -----------------------------------------------------------------------------
@@ -183,17 +186,17 @@ async def test_a_killed_node_is_reaped_within_the_lease(
     survivor = await make_store("survivor")
     await survivor.connect("b", T0)
     async with node_process(prefix, "victim") as victim:
-        assert await survivor.sid_of("dora") == "doomed"
-        assert await survivor.followers_of("bob") == ["doomed"]
+        assert await holders(survivor, "dora") == ["doomed"]
+        assert await follower_sids(survivor, "bob") == ["doomed"]
         victim.kill()
         await victim.wait()
 
         async def reaped() -> bool:
-            return await survivor.sid_of("dora") is None
+            return await holders(survivor, "dora") == []
 
         took = await eventually(reaped, timeout=REAP_BOUND + 1)
     assert took < REAP_BOUND + 0.3, took
-    assert await survivor.followers_of("bob") == []
+    assert await follower_sids(survivor, "bob") == []
     assert [p.sid for p in await survivor.clients()] == ["b"]
     counts = await survivor.counts()
     assert (counts.active, counts.total) == (1, 2)
@@ -207,9 +210,9 @@ async def test_a_restarted_node_drops_what_its_predecessor_left(
     async with node_process(prefix, "n1"):
         pass  # killed before it could clean up, its lease still running
     other = await make_store("n2")
-    assert await other.sid_of("dora") == "doomed"
+    assert await holders(other, "dora") == ["doomed"]
     successor = await make_store("n1")
-    assert await other.sid_of("dora") is None
+    assert await holders(other, "dora") == []
     assert await successor.clients() == []
 
 
@@ -226,7 +229,7 @@ async def test_unreachable_redis_raises_store_unavailable(prefix: str) -> None:
         lambda: store.disconnect("a"),
         lambda: store.get("a"),
         lambda: store.save("a", "alice", {}),
-        lambda: store.sid_of("alice"),
+        lambda: store.connections_of("alice"),
         lambda: store.followers_of("alice"),
         store.clients,
         store.counts,
@@ -308,7 +311,7 @@ async def test_outage_then_empty_restart_restores_the_node(
     restored = await store.get("a")
     assert restored is not None
     assert (restored.username, restored.profile) == ("alice", {"x": 1})
-    assert await store.sid_of("alice") == "a" and await store.followers_of("bob") == ["a"]
+    assert await holders(store, "alice") == ["a"] and await follower_sids(store, "bob") == ["a"]
     assert [p.sid for p in await store.clients()] == ["a"]  # "b" was never accepted
     counts = await store.counts()
     assert (counts.active, counts.total) == (1, 1)
@@ -335,8 +338,8 @@ async def test_restore_after_a_wipe_keeps_names_claimed_meanwhile(
         await n1.restore()
     assert "'bob'" in caplog.text
 
-    assert await n2.sid_of("alice") == "a" and await n2.followers_of("carol") == ["a"]
-    assert await n2.sid_of("bob") == "c"
+    assert await holders(n2, "alice") == ["a"] and await follower_sids(n2, "carol") == ["a"]
+    assert await holders(n2, "bob") == ["c"]
     b = await n2.get("b")
     assert b is not None and (b.username, b.metadata["status"]) == (None, "here")
     await n1.save("b", "bobby", {})  # the mirror knows it has no name now

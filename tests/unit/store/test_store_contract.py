@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.store.base import PresenceStore, UsernameTaken
+from gateway.store.base import Address, Claim, PresenceStore, UsernameTaken
 from gateway.store.memory import MemoryStore
-from tests.unit.store.conftest import T0, T1, StoreFactory
+from tests.unit.store.conftest import T0, T1, StoreFactory, follower_sids, holders
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -22,22 +22,23 @@ async def test_usernames_are_unique_and_released(store: PresenceStore) -> None:
     await store.connect("a", T0)
     await store.connect("b", T0)
     await store.save("a", "alice", {})
-    with pytest.raises(UsernameTaken):
+    with pytest.raises(UsernameTaken) as taken:
         await store.save("b", "alice", {})
+    assert taken.value.holders == [Address("a", store.node_id)]
     await store.disconnect("a")
     await store.save("b", "alice", {})
-    assert await store.sid_of("alice") == "b"
+    assert await holders(store, "alice") == ["b"]
 
 
 async def test_follower_index_follows_updates_and_disconnects(store: PresenceStore) -> None:
     for sid in ("a", "b"):
         await store.connect(sid, T0)
     await store.save("a", "alice", {"following": ["bob", "carol"]})
-    assert await store.followers_of("bob") == ["a"]
+    assert await store.followers_of("bob") == [Address("a", store.node_id)]
     await store.save("a", "alice", {"following": ["carol"]})
-    assert await store.followers_of("bob") == []
+    assert await follower_sids(store, "bob") == []
     await store.disconnect("a")
-    assert await store.followers_of("carol") == []
+    assert await follower_sids(store, "carol") == []
 
 
 async def test_counts_keep_the_total(store: PresenceStore) -> None:
@@ -53,9 +54,9 @@ async def test_renames_release_the_old_name(store: PresenceStore) -> None:
     await store.save("a", "alice", {})
     await store.save("a", "alice", {})  # its own name again
     await store.save("a", "alicia", {})
-    assert (await store.sid_of("alice"), await store.sid_of("alicia")) == (None, "a")
+    assert (await holders(store, "alice"), await holders(store, "alicia")) == ([], ["a"])
     await store.save("a", None, {})
-    assert await store.sid_of("alicia") is None
+    assert await holders(store, "alicia") == []
     with pytest.raises(KeyError):
         await store.save("nobody", "nemo", {})
     gone = await store.disconnect("a")
@@ -74,5 +75,55 @@ async def test_a_refused_claim_changes_nothing(store: PresenceStore) -> None:
         await store.save("b", "alice", {"following": ["dave"]})
     b = await store.get("b")
     assert b is not None and (b.username, b.metadata["status"]) == ("bob", "here")
-    assert await store.sid_of("bob") == "b"
-    assert (await store.followers_of("carol"), await store.followers_of("dave")) == (["b"], [])
+    assert await holders(store, "bob") == ["b"]
+    assert (await follower_sids(store, "carol"), await follower_sids(store, "dave")) == (["b"], [])
+
+
+async def test_an_away_holder_is_displaced_by_a_claim(store: PresenceStore) -> None:
+    await store.connect("a", T0)
+    await store.connect("b", T1)
+    await store.save("a", "alice", {"following": ["carol"]})
+    assert await store.set_away("a", True)
+    assert await store.connections_of("alice") == [Address("a", store.node_id, away=True)]
+    saved = await store.save("b", "alice", {})
+    assert saved.displaced == [Address("a", store.node_id, away=True)]
+    assert await holders(store, "alice") == ["b"]
+    # The displaced connection is gone from the store, followers and all.
+    assert await store.get("a") is None and await follower_sids(store, "carol") == []
+    assert not await store.set_away("a", False)
+
+
+async def test_evict_displaces_a_holder_found_dead(store: PresenceStore) -> None:
+    for sid in ("a", "b", "c"):
+        await store.connect(sid, T0)
+    await store.save("a", "alice", {})
+    with pytest.raises(UsernameTaken):
+        await store.save("b", "alice", {}, evict="c")  # evicting someone else changes nothing
+    saved = await store.save("b", "alice", {}, evict="a")
+    assert saved.displaced == [Address("a", store.node_id)]
+    assert await holders(store, "alice") == ["b"]
+
+
+async def test_multi_keeps_every_holder_and_replace_keeps_one(store: PresenceStore) -> None:
+    for sid in ("a", "b", "c"):
+        await store.connect(sid, T0)
+    await store.save("a", "alice", {}, claim=Claim.MULTI)
+    saved = await store.save("b", "alice", {}, claim=Claim.MULTI)
+    assert saved.displaced == [] and await holders(store, "alice") == ["a", "b"]
+    replaced = await store.save("c", "alice", {}, claim=Claim.REPLACE)
+    assert sorted(a.sid for a in replaced.displaced) == ["a", "b"]
+    assert await holders(store, "alice") == ["c"]
+
+
+async def test_record_knows_the_node_and_the_private_id(store: PresenceStore) -> None:
+    await store.connect("a", T0, pid_hash="digest")
+    record = await store.record("a")
+    assert record is not None and (record.node, record.pid_hash, record.away) == (
+        store.node_id,
+        "digest",
+        False,
+    )
+    await store.set_away("a", True)
+    record = await store.record("a")
+    assert record is not None and record.away
+    assert await store.record("nobody") is None

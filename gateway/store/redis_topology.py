@@ -1,0 +1,140 @@
+"""Which Redis the gateway talks to, read from ``WSHUB_REDIS_URL``, and the clients for it.
+
+Three topologies, told apart by the URL's scheme:
+
+========================================================  =======================================
+URL                                                       topology
+========================================================  =======================================
+``redis://[user:pass@]host:port/db`` (``rediss://``)      one Redis (or a primary with replicas)
+``redis+sentinel://[:pass@]h1:p1,h2:p2/db/service``       a primary found through Sentinel, which
+                                                          follows failovers (``service`` defaults
+                                                          to ``mymaster``)
+``redis+cluster://[:pass@]h1:p1,h2:p2`` (``rediss+``)     Redis Cluster; the nodes given are where
+                                                          the client starts, it finds the others
+========================================================  =======================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import unquote, urlparse
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+
+Kind = Literal["standalone", "sentinel", "cluster"]
+AnyRedis = aioredis.Redis | RedisCluster
+DEFAULT_SERVICE = "mymaster"
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    kind: Kind
+    url: str
+    nodes: tuple[tuple[str, int], ...] = ()
+    """Sentinels, or the cluster nodes to start from."""
+    service: str = DEFAULT_SERVICE
+    options: dict[str, Any] = field(default_factory=dict)
+    """username, password, db, ssl."""
+
+    @property
+    def sharded(self) -> bool:
+        """Whether pub/sub should be sharded (SPUBLISH / SSUBSCRIBE, Redis 7 Cluster)."""
+        return self.kind == "cluster"
+
+
+def parse(url: str) -> RedisTarget:
+    """Raises ValueError with a message that names what is wrong with *url*."""
+    parsed = urlparse(url)
+    scheme = parsed.scheme
+    if scheme in ("redis", "rediss", "unix"):
+        return RedisTarget("standalone", url)
+    base, plus, kind = scheme.partition("+")
+    if not plus or base not in ("redis", "rediss") or kind not in ("sentinel", "cluster"):
+        raise ValueError(
+            f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, "
+            "redis+sentinel:// or redis+cluster://"
+        )
+    nodes = tuple(_host_port(item) for item in parsed.netloc.rpartition("@")[2].split(","))
+    options: dict[str, Any] = {"ssl": base == "rediss"}
+    if parsed.username:
+        options["username"] = unquote(parsed.username)
+    if parsed.password:
+        options["password"] = unquote(parsed.password)
+    parts = [part for part in parsed.path.split("/") if part]
+    service = DEFAULT_SERVICE
+    if kind == "sentinel":
+        if parts:
+            options["db"] = _int(parts[0], "database")
+        if len(parts) > 1:
+            service = parts[1]
+    elif parts:
+        raise ValueError("a redis+cluster:// URL takes no path: Redis Cluster has database 0 only")
+    return RedisTarget(kind, url, nodes, service, options)  # type: ignore[arg-type]
+
+
+_UNSET: Any = object()
+
+
+def connect(
+    target: RedisTarget,
+    *,
+    timeout: float,
+    pool_size: int,
+    decode_responses: bool,
+    read_timeout: float | None = _UNSET,
+) -> AnyRedis:
+    """A client for *target*. Every call is bounded by *timeout* (connecting included) unless
+    *read_timeout* says otherwise (None: wait as long as it takes, for subscriptions), a
+    dropped connection is retried once at once (a restarted Redis), and a burst of callers
+    waits for a pooled connection rather than failing with "Too many connections"."""
+    common: dict[str, Any] = {
+        "decode_responses": decode_responses,
+        "socket_timeout": timeout if read_timeout is _UNSET else read_timeout,
+        "socket_connect_timeout": timeout,
+    }
+    if target.kind == "standalone":
+        pool = aioredis.BlockingConnectionPool.from_url(
+            target.url,
+            max_connections=pool_size,
+            timeout=timeout,
+            retry=Retry(NoBackoff(), 1),
+            **common,
+        )
+        return aioredis.Redis.from_pool(pool)
+    options = dict(target.options)
+    if target.kind == "sentinel":
+        sentinel_auth = {k: options[k] for k in ("username", "password") if k in options}
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.nodes),
+            sentinel_kwargs={"socket_timeout": timeout, **sentinel_auth},
+            retry=Retry(NoBackoff(), 1),
+            **common,
+            **options,
+        )
+        master: aioredis.Redis = sentinel.master_for(target.service)
+        return master
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        max_connections=pool_size,
+        retry=Retry(NoBackoff(), 1),
+        **common,
+        **options,
+    )
+
+
+def _host_port(item: str) -> tuple[str, int]:
+    host, colon, port = item.rpartition(":")
+    if not colon or not host:
+        raise ValueError(f"Redis node {item!r} needs a host and a port")
+    return host.strip("[]"), _int(port, "port")
+
+
+def _int(text: str, what: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"Redis URL {what} {text!r} is not a number")
+    return int(text)
