@@ -220,13 +220,26 @@ class Sessions:
         client.end_label = "client_disconnect"
         await client.fire(Event.CLIENT_CLOSE)
 
-    async def close(self, client: Client, reason: CloseReason, message: str) -> None:
-        """End *client* for *reason*: tell it why, then close it (a closing one is left be)."""
+    async def close(
+        self,
+        client: Client,
+        reason: CloseReason,
+        message: str,
+        *,
+        reconnect: bool | None = None,
+    ) -> None:
+        """End *client* for *reason*: tell it why, then close it (a closing one is left be).
+
+        *reconnect* overrides whether the client should come back by itself (the reason's
+        default otherwise, :func:`~gateway.protocol.close.reconnects`).
+        """
         if client.state in (State.CLOSING, State.CLOSED):
             return
+        comes_back = reconnects(reason) if reconnect is None else reconnect
         if client.state is State.CONNECTED and reason is not CloseReason.SLOW_CONSUMER:
-            self.reply(client, Outbound.DISCONNECT_NOTICE, disconnect_notice(reason, message))
-            if not reconnects(reason):
+            notice = disconnect_notice(reason, message, comes_back)
+            self.reply(client, Outbound.DISCONNECT_NOTICE, notice)
+            if not comes_back:
                 # A Socket.IO DISCONNECT: the official clients then do not reconnect by
                 # themselves; without it they see the transport close and do.
                 client.packet(sio_codec.encode_disconnect())
@@ -462,11 +475,16 @@ _WRITABLE = frozenset({State.PENDING, State.CONNECTING, State.CONNECTED})
 _background: set[asyncio.Task[Any]] = set()
 
 
-def disconnect_notice(reason: CloseReason, message: str) -> dict[str, Any]:
+def disconnect_notice(reason: CloseReason, message: str, comes_back: bool) -> dict[str, Any]:
+    advice = (
+        RECONNECT_ADVICE[reason]
+        if comes_back == reconnects(reason)
+        else ("reconnect" if comes_back else "do not reconnect")
+    )
     return {
         "reason": reason.value,
         "message": message,
-        "reconnect": RECONNECT_ADVICE[reason],
+        "reconnect": advice,
         "timestamp": iso_timestamp(),
     }
 

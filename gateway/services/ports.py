@@ -43,9 +43,17 @@ class Delivery(Protocol):
         """To every connected client; with *local_only*, only to this process's clients (and
         then not kept for recovering sessions: heartbeats, stats, certificate refreshes)."""
 
-    async def close(self, to: str | Address, reason: CloseReason, message: str) -> None:
+    async def close(
+        self,
+        to: str | Address,
+        reason: CloseReason,
+        message: str,
+        *,
+        reconnect: bool | None = None,
+    ) -> bool:
         """Tell the client why, then disconnect it (a connection of this process by id, or any
-        connection by address; an away session just ends)."""
+        connection by address; an away session just ends). *reconnect* overrides whether it
+        should come back by itself. False when the connection's node could not be told."""
 
     async def alive(self, address: Address) -> bool:
         """Whether the connection still answers (an Engine.IO ping, about a second at most).

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..observability.logs import printable
 from ..protocol.close import CloseReason
 from ..protocol.codec import encoded_size
 from ..protocol.errors import ErrorCode, GatewayError, Reply
@@ -56,7 +57,9 @@ class PresenceService:
             dead = await self._first_dead(taken.holders)
             if dead is None:
                 raise
-            log.info("holder %s of %s did not answer its probe: displaced", dead.sid, username)
+            log.info(
+                "holder %s of %s did not answer a probe: displaced", dead.sid, printable(username)
+            )
             saved = await self._store.save(
                 sid, username, metadata, claim=self._claim, evict=dead.sid
             )
@@ -106,7 +109,7 @@ class PresenceService:
                 reply=_data_set_failure(USERNAME_TAKEN),
             ) from None
         if updated.username != current.username:
-            log.info("username claimed: %s", updated.username)
+            log.info("username claimed: %s", printable(updated.username))
         await self._announce_follows(current, updated)
         return Reply(
             Outbound.DATA_SET,

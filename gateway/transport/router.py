@@ -100,17 +100,35 @@ class Router:
             await self.backplane.broadcast(event, text)  # first: a failure delivers nothing
         await self.fan_out(event, text)
 
-    async def close(self, to: str | Address, reason: CloseReason, message: str) -> None:
+    async def close(
+        self,
+        to: str | Address,
+        reason: CloseReason,
+        message: str,
+        *,
+        reconnect: bool | None = None,
+    ) -> bool:
+        """End a connection anywhere; False when its node could not be told (Redis down, or
+        no node listening there)."""
         if isinstance(to, Address) and to.node != self.node_id:
             if self.backplane is None:
-                return
-            body = {"kind": "close", "sid": to.sid, "reason": reason.value, "message": message}
-            await self.backplane.control(to.node, body)
-            return
+                return False
+            body = {
+                "kind": "close",
+                "sid": to.sid,
+                "reason": reason.value,
+                "message": message,
+                "reconnect": reconnect,
+            }
+            try:
+                return await self.backplane.control(to.node, body) > 0
+            except BackplaneUnavailable:
+                return False
         sid = to.sid if isinstance(to, Address) else to
         client = self._table.by_sid.get(sid)
         if isinstance(client, Client):
-            await self._sessions.close(client, reason, message)
+            await self._sessions.close(client, reason, message, reconnect=reconnect)
+        return True
 
     async def alive(self, address: Address) -> bool:
         if address.node == self.node_id:
@@ -149,7 +167,13 @@ class Router:
             except ValueError:
                 log.warning("close request with an unknown reason %r", body.get("reason"))
                 return
-            await self.close(str(body.get("sid")), reason, str(body.get("message", "")))
+            reconnect = body.get("reconnect")
+            await self.close(
+                str(body.get("sid")),
+                reason,
+                str(body.get("message", "")),
+                reconnect=reconnect if isinstance(reconnect, bool) else None,
+            )
 
     # -- internals
 

@@ -43,8 +43,16 @@ class RecordingDelivery:
     ) -> None:
         self.broadcasts.append((event, dict(payload), local_only))
 
-    async def close(self, to: str | Address, reason: CloseReason, message: str) -> None:
+    async def close(
+        self,
+        to: str | Address,
+        reason: CloseReason,
+        message: str,
+        *,
+        reconnect: bool | None = None,
+    ) -> bool:
         self.closed.append((to.sid if isinstance(to, Address) else to, reason))
+        return True
 
     async def alive(self, address: Address) -> bool:
         self.probed.append(address.sid)
