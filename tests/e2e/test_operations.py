@@ -121,7 +121,7 @@ async def test_json_logs_carry_the_connection_id_and_no_bodies(clients) -> None:
     mine = [entry for entry in lines if entry["sid"] == sid]
     messages = [entry["message"] for entry in mine]
     assert any(m.startswith("connected from 127.0.0.1") for m in messages)
-    assert "username claimed: alice" in messages
+    assert "username claimed: 'alice'" in messages  # quoted: client strings are escaped
     assert any("rejected system:direct: TARGET_NOT_FOUND" in m for m in messages)
     assert any(m.startswith("disconnected") for m in messages)
     assert all(set(entry) >= {"time", "level", "logger", "sid", "message"} for entry in lines)
