@@ -84,6 +84,7 @@ class Gateway:
                 probe_timeout=settings.backplane_probe_timeout,
             )
         self.router.attach(self.sessions, self.backplane)
+        self.sessions.recovery.remote = self.router
         store.on_evicted(self.sessions.evicted)
         self.transport = SocketIOLayer(settings, self.sessions, self.peers, clock)
         self.admission = Admission(

@@ -5,6 +5,7 @@ and what clients send into calls here; this module turns them into transitions o
 ``gateway.lifecycle`` and performs the actions behind its resources: the admission slot, the
 presence-store entry, the heartbeat, typing, token expiry, the deadlines, the transport. It
 knows no sockets: a connection's transport is a :class:`Link`, which a unit test can fake.
+Resuming sessions (connection state recovery) is :mod:`gateway.recovery`'s.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Protocol
 
 from .auth.tokens import AuthError, Identity
@@ -26,6 +28,8 @@ from .protocol.close import RECONNECT_ADVICE, CloseReason, reconnects
 from .protocol.errors import UNAVAILABLE, ErrorCode
 from .protocol.events import Outbound
 from .protocol.timestamps import iso_timestamp
+from .recovery import Recovery, digest
+from .replay import ReplayLog, without_offset
 from .scheduling import DeadlineQueue, DeadlineTimer
 from .settings import Settings
 from .store.base import StoreUnavailable, UsernameTaken
@@ -71,6 +75,40 @@ _ENGINEIO_ENDS: dict[str, tuple[str, Event]] = {
 }
 
 
+class Outgoing:
+    """One replayable message, encoded once for each form its recipients take (with the
+    offset as its last argument, or without)."""
+
+    __slots__ = ("_packets", "offset", "text")
+
+    def __init__(self, text: str, offset: str | None) -> None:
+        self.text = text
+        """The Socket.IO packet, with the offset when there is one."""
+        self.offset = offset
+        self._packets: list[MessagePacket | None] = [None, None]
+
+    def packet(self, with_offset: bool) -> MessagePacket:
+        index = int(with_offset and self.offset is not None)
+        packet = self._packets[index]
+        if packet is None:
+            text = (
+                self.text
+                if index or self.offset is None
+                else without_offset(self.text, self.offset)
+            )
+            packet = self._packets[index] = MessagePacket(text)
+        return packet
+
+
+class Handed(Enum):
+    """What became of a message handed to a session."""
+
+    DELIVERED = "delivered"
+    HELD = "held"
+    """Kept for a session that is away (or moving here from another node)."""
+    REFUSED = "refused"
+
+
 @dataclass(eq=False)
 class Client(Connection):
     """A connection with what the gateway keeps for it."""
@@ -89,6 +127,16 @@ class Client(Connection):
     """Binary messages still to come of a refused binary packet (ignored as they arrive)."""
     end_label: str = "unknown"
     """How the connection ended, for the metrics: a close reason or Engine.IO's reason."""
+    pid: str | None = None
+    """The private session id (connection state recovery)."""
+    offsets: bool = False
+    """Whether this connection's replayable events carry offsets."""
+    log: ReplayLog | None = None
+    """Replayable events sent and not yet proven read (made on the first one)."""
+    ping_mark: int = 0
+    """The log's position when the outstanding Engine.IO PING was sent."""
+    early: list[Outgoing] | None = None
+    """While the session moves here from another node: what arrived for it meanwhile."""
 
     def packet(self, text: str) -> bool:
         """Send one Socket.IO packet (text) to this client; False when it could not."""
@@ -115,43 +163,61 @@ class Sessions:
         self.metrics = metrics
         self.table = ConnectionTable()
         self.table.on_change(self._moved)
+        self.recovery = Recovery(settings, self, hub.store, metrics, clock=clock)
         self._clock = clock
         self._new_sid = new_sid
         self._connect_deadlines: DeadlineQueue[Client] = DeadlineQueue()
         self._abort_deadlines: DeadlineQueue[Client] = DeadlineQueue()
-        self._deadlines = _Deadlines(self._connect_deadlines, self._abort_deadlines)
-        self._timer = DeadlineTimer(self._deadlines, clock)
+        self._recovery_deadlines: DeadlineQueue[Client] = DeadlineQueue()
+        self._timer = DeadlineTimer(
+            _Deadlines(self._connect_deadlines, self._abort_deadlines, self._recovery_deadlines),
+            clock,
+        )
         self._log_bodies = settings.log_bodies
 
     # -- what the Socket.IO layer reports
 
-    def open(self, eio_sid: str, link: Link, ticket: Ticket, headers: dict[str, str]) -> Client:
+    def open(
+        self, eio_sid: str, link: Link, ticket: Ticket, headers: dict[str, str], *, offsets: bool
+    ) -> Client:
         """A new Engine.IO session, admitted at its handshake: PENDING."""
         client = Client(eio_sid, ticket.address, self, link=link, ticket=ticket, headers=headers)
+        client.offsets = offsets
         client.held.update({Resource.ADMISSION, Resource.TRANSPORT})
         self.table.track(client)
         return client
 
     async def connect(self, client: Client, auth: Any) -> None:
-        """The client's CONNECT: admit it (CONNECTED) or refuse it (CLOSING), and answer."""
+        """The client's CONNECT: resume its session, admit a new one, or refuse it."""
         await client.fire(Event.CONNECT)
         try:
-            identity = self.hub.authenticate(auth, client.headers)
+            client.identity = self.hub.authenticate(auth, client.headers)
         except AuthError as exc:
             await self._refuse(client, "auth", f"authentication failed: {exc}", ErrorCode.FORBIDDEN)
             return
-        client.identity = identity
+        pid = auth.get("pid") if isinstance(auth, dict) and self.recovery.enabled else None
+        if isinstance(pid, str):
+            offset = auth.get("offset") if isinstance(auth, dict) else None
+            if await self.recovery.resume(client, pid, offset if isinstance(offset, str) else None):
+                return
+            if client.state is not State.CONNECTING:
+                return  # the client went while its session was looked for
+        await self._admit(client)
+
+    async def _admit(self, client: Client) -> None:
         sid = client.sid = self._new_sid()
         connection_id.set(sid)
+        client.pid = self.recovery.private_id(sid) if self.recovery.enabled else None
         try:
-            await self.hub.store.connect(sid, iso_timestamp())
+            await self.hub.store.connect(
+                sid, iso_timestamp(), pid_hash=digest(client.pid) if client.pid else ""
+            )
         except StoreUnavailable as exc:
-            self.metrics.store_errors.inc()
-            log.warning("refused a connection: presence store unavailable: %s", exc)
-            await self._refuse(client, "store", "the service is briefly unavailable", UNAVAILABLE)
+            await self._refuse_unavailable(client, exc)
             return
-        if not await self._held(client, Resource.PRESENCE):
+        if not await self.held(client, Resource.PRESENCE):
             return  # the client went while the store answered; its entry is gone again
+        identity = client.identity
         if identity is not None:
             try:
                 await self.hub.presence.claim(sid, identity.username, {})
@@ -164,23 +230,21 @@ class Sessions:
                 )
                 return
             except StoreUnavailable as exc:
-                self.metrics.store_errors.inc()
-                log.warning("refused a connection: presence store unavailable: %s", exc)
-                await self._refuse(
-                    client, "store", "the service is briefly unavailable", UNAVAILABLE
-                )
+                await self._refuse_unavailable(client, exc)
                 return
-            self.hub.expiry.watch(sid, identity.expires_at)
-            if not await self._held(client, Resource.EXPIRY):
+            if not await self.watch_expiry(client):
                 return
         if client.state is not State.CONNECTING:
             return  # ended while the store answered (its resources are released)
         self.table.by_sid[sid] = client
-        client.packet(sio_codec.encode_connect(sid))
+        client.packet(sio_codec.encode_connect(sid, client.pid))
         await client.fire(Event.ACCEPT)
+        self.welcome(client)
+
+    def welcome(self, client: Client) -> None:
         self.metrics.connections_opened.inc()
-        assert client.link is not None
-        log.info("connected from %s via %s", client.address, client.link.transport)
+        if client.link is not None:
+            log.info("connected from %s via %s", client.address, client.link.transport)
         welcome = self.hub.system.welcome()
         self.reply(client, welcome.event, welcome.payload)
 
@@ -211,13 +275,29 @@ class Sessions:
         )
         if client.state is not State.CLOSING:
             client.end_label = label
-        await client.fire(event)
-        if client.state is State.RECOVERING:
-            await client.fire(Event.EXPIRE)  # recovery comes with the session work (issue 12)
+        if await client.fire(event) is State.RECOVERING:
+            await self.recovery.away(client)
 
     async def client_disconnect(self, client: Client) -> None:
-        """The client's Socket.IO DISCONNECT: it leaves, and so does its Engine.IO session."""
+        """The client's Socket.IO DISCONNECT: its session ends; its Engine.IO session stays and
+        may CONNECT again (as with the reference server), as a new session."""
+        assert client.link is not None and client.ticket is not None and client.eio_sid
+        successor = Client(
+            client.eio_sid,
+            client.address,
+            self,
+            link=client.link,
+            ticket=client.ticket,
+            headers=client.headers,
+            buckets=client.buckets,  # a new session on the same transport is not a fresh start
+        )
+        successor.offsets = client.offsets
+        client.give(Resource.TRANSPORT)
+        client.give(Resource.ADMISSION)
+        client.link = client.ticket = None
         client.end_label = "client_disconnect"
+        successor.held.update({Resource.ADMISSION, Resource.TRANSPORT})
+        self.table.track(successor)
         await client.fire(Event.CLIENT_CLOSE)
 
     async def close(
@@ -261,6 +341,28 @@ class Sessions:
         log.info("protocol error from %s: %s", client.address, problem)
         await self.close(client, CloseReason.PROTOCOL_ERROR, f"Protocol error: {problem}")
 
+    async def adopt_transport(self, session: Client, new: Client) -> None:
+        """Connection state recovery: *new* (connecting, on a fresh transport) presented the
+        private id of *session* (recovering): the transport and its admission slot move to
+        *session*, which is connected again, and *new* ends without having been a session."""
+        link, ticket, eio_sid = new.link, new.ticket, new.eio_sid
+        assert link is not None and ticket is not None and eio_sid is not None
+        new.give(Resource.TRANSPORT)
+        new.give(Resource.ADMISSION)
+        new.link = new.ticket = None
+        new.end_label = "resumed"
+        await new.fire(Event.HAND_OVER)
+        session.link, session.ticket, session.eio_sid = link, ticket, eio_sid
+        session.headers, session.offsets, session.skip_binary = new.headers, new.offsets, 0
+        session.identity = new.identity or session.identity
+        session.abort_tcp, session.close_reason = False, None
+        session.ping_mark = session.log.last_seq if session.log is not None else 0
+        self.table.by_eio[eio_sid] = session
+        await session.fire(Event.RESUME)
+        for resource in (Resource.ADMISSION, Resource.TRANSPORT):
+            release = session.hold(resource)
+            assert release is None, "a resumed session may hold its transport"
+
     def transport_of(self, sid: str) -> str | None:
         """``websocket`` or ``polling`` for a connection of this process; None otherwise."""
         client = self.table.by_sid.get(sid)
@@ -296,14 +398,36 @@ class Sessions:
         if not client.packet(sio_codec.encode_event(event, payload)):
             self._undeliverable(client)
 
-    def deliver(self, client: Client, packet: MessagePacket) -> bool:
-        """A shared, pre-encoded packet to *client*; False when it did not take it."""
-        if client.link is None or client.state is not State.CONNECTED or client.close_reason:
-            return False
-        if client.link.send(packet):
-            return True
-        self._undeliverable(client)
-        return False
+    def deliver(self, client: Client, message: Outgoing) -> Handed:
+        """A message to *client*: sent (and kept until its receipt is proven), kept for a
+        session that is away, or refused."""
+        state = client.state
+        keeps = message.offset is not None and client.pid is not None
+        if state is State.CONNECTED and client.close_reason is None and client.link is not None:
+            if not client.link.send(message.packet(client.offsets)):
+                self._undeliverable(client)
+                return Handed.REFUSED
+            if keeps:
+                assert message.offset is not None
+                self.recovery.keep(client, message.offset, message.text)
+            return Handed.DELIVERED
+        if not keeps:
+            return Handed.REFUSED
+        assert message.offset is not None
+        if state is State.CONNECTING and client.early is not None:
+            client.early.append(message)
+            return Handed.HELD
+        if state is not State.RECOVERING:
+            return Handed.REFUSED
+        if client.log is not None and client.log.full:
+            # Keeping more would mean replaying less than was sent: the session ends instead,
+            # and its client starts afresh (and knows it: recovered is false).
+            self.metrics.events_dropped.inc()
+            self.spawn(self.recovery.expire(client, "overflow"))
+            return Handed.REFUSED
+        self.recovery.keep(client, message.offset, message.text)
+        self.metrics.events_held.inc()
+        return Handed.HELD
 
     def _undeliverable(self, client: Client) -> None:
         """*client* refused a packet: over its queue bounds. Drop it, once."""
@@ -333,19 +457,24 @@ class Sessions:
                 await asyncio.sleep(pause)
 
     async def run(self) -> None:
-        """Connect and abort deadlines, forever; one task for every connection."""
+        """Connect, abort and recovery deadlines, forever; one task for every connection."""
         while True:
             await self._timer.wait_due()
             now = self._clock()
             for client in self._connect_deadlines.pop_due(now, limit=_CHUNK):
                 client.held.discard(Resource.CONNECT_DEADLINE)
-                await self._expired_connect(client)
+                if client.state in (State.PENDING, State.CONNECTING):
+                    log.info("no Socket.IO CONNECT from %s in time; closing", client.address)
+                    await self.close(client, CloseReason.CONNECT_TIMEOUT, "No CONNECT in time")
             for client in self._abort_deadlines.pop_due(now, limit=_CHUNK):
                 client.held.discard(Resource.ABORT_DEADLINE)
                 if client.state is State.CLOSING:
                     log.info("closing connection did not go in time; aborting it")
                     client.abort_tcp = True
                     await client.fire(Event.ABORT)
+            for client in self._recovery_deadlines.pop_due(now, limit=_CHUNK):
+                client.held.discard(Resource.RECOVERY_DEADLINE)
+                await self.recovery.expire(client, "window")
             await asyncio.sleep(0)
 
     # -- lifecycle.Resources
@@ -355,19 +484,19 @@ class Sessions:
         now = self._clock()
         if resource is Resource.CONNECT_DEADLINE:
             self._connect_deadlines.set(client, now + self.settings.connect_timeout)
-            self._timer.poke()
         elif resource is Resource.ABORT_DEADLINE:
             self._abort_deadlines.set(client, now + self.settings.close_timeout)
-            self._timer.poke()
+        elif resource is Resource.RECOVERY_DEADLINE:
+            self._recovery_deadlines.set(client, now + self.recovery.window)
         elif resource is Resource.HEARTBEAT:
             assert client.sid is not None
             self.hub.heartbeat.connected(client.sid)
+            return
         elif resource is Resource.TYPING:
-            pass  # indicators are started by the client's own events
-        elif resource is Resource.RECOVERY_DEADLINE:
-            pass  # recovery comes with the session work (issue 12)
+            return  # indicators are started by the client's own events
         else:
             raise AssertionError(f"{resource} is acquired by the driver, not on entry")
+        self._timer.poke()
 
     def release(self, connection: Connection, resource: Resource) -> Awaitable[None] | None:
         client = _client(connection)
@@ -377,7 +506,7 @@ class Sessions:
         elif resource is Resource.ABORT_DEADLINE:
             self._abort_deadlines.discard(client)
         elif resource is Resource.RECOVERY_DEADLINE:
-            pass
+            self._recovery_deadlines.discard(client)
         elif resource is Resource.HEARTBEAT:
             assert sid is not None
             self.hub.heartbeat.disconnected(sid)
@@ -399,13 +528,22 @@ class Sessions:
 
     # -- internals
 
-    async def _held(self, client: Client, resource: Resource) -> bool:
-        """Record an acquired resource; False when the connection moved on meanwhile."""
+    async def held(self, client: Client, resource: Resource) -> bool:
+        """Record an acquired resource; False when the connection moved on meanwhile (and the
+        resource is released again)."""
         release = client.hold(resource)
         if release is None:
             return True
         await release
         return False
+
+    async def watch_expiry(self, client: Client) -> bool:
+        """End an authenticated connection when its token expires; False when it moved on."""
+        if client.identity is None:
+            return True
+        assert client.sid is not None
+        self.hub.expiry.watch(client.sid, client.identity.expires_at)
+        return await self.held(client, Resource.EXPIRY)
 
     async def _refuse(
         self, client: Client, kind: str, message: str, code: str | None = None
@@ -421,11 +559,10 @@ class Sessions:
         if client.link is not None:
             client.link.finish()
 
-    async def _expired_connect(self, client: Client) -> None:
-        if client.state in (State.PENDING, State.CONNECTING):
-            log.info("no Socket.IO CONNECT from %s in time; closing", client.address)
-            client.end_label = CloseReason.CONNECT_TIMEOUT.value
-            await self.close(client, CloseReason.CONNECT_TIMEOUT, "No CONNECT in time")
+    async def _refuse_unavailable(self, client: Client, exc: StoreUnavailable) -> None:
+        self.metrics.store_errors.inc()
+        log.warning("refused a connection: presence store unavailable: %s", exc)
+        await self._refuse(client, "store", "the service is briefly unavailable", UNAVAILABLE)
 
     async def _forget_presence(self, sid: str) -> None:
         try:
@@ -476,11 +613,9 @@ _background: set[asyncio.Task[Any]] = set()
 
 
 def disconnect_notice(reason: CloseReason, message: str, comes_back: bool) -> dict[str, Any]:
-    advice = (
-        RECONNECT_ADVICE[reason]
-        if comes_back == reconnects(reason)
-        else ("reconnect" if comes_back else "do not reconnect")
-    )
+    advice = RECONNECT_ADVICE[reason]
+    if comes_back != reconnects(reason):  # overridden for this close
+        advice = "reconnect" if comes_back else "do not reconnect"
     return {
         "reason": reason.value,
         "message": message,
@@ -489,4 +624,12 @@ def disconnect_notice(reason: CloseReason, message: str, comes_back: bool) -> di
     }
 
 
-__all__ = ["Client", "IllegalTransition", "Link", "Sessions", "disconnect_notice"]
+__all__ = [
+    "Client",
+    "Handed",
+    "IllegalTransition",
+    "Link",
+    "Outgoing",
+    "Sessions",
+    "disconnect_notice",
+]

@@ -146,6 +146,18 @@ class Settings(BaseSettings):
     # A connection the server closed that has not gone after this long is cut (TCP abort).
     close_timeout: float = Field(5.0, gt=0, le=600)
 
+    # -- connection state recovery (see docs/recovery.md)
+    # A session whose transport died keeps its id, name and the events sent to it for this many
+    # seconds, for its client to resume (0 turns recovery off).
+    recovery_window: float = Field(120.0, ge=0, le=86_400)
+    # Events kept per session until the client proves it read them; a waiting session that
+    # would need more ends (its client gets a fresh session).
+    recovery_buffer: int = Field(500, ge=1, le=100_000)
+    # Offsets as the last argument of replayable events: "auto" sends them to every client but
+    # those known to pass a trailing argument to one-argument handlers (Dart, Python), "always"
+    # as the reference server does, "never" (recovery then replays what was not proven read).
+    recovery_offsets: Literal["auto", "always", "never"] = "auto"
+
     # -- operations
     # Internal HOST:PORT for /health, /ready and /metrics; when set, the public binds do not
     # serve them, and it stays open while the worker drains.

@@ -109,6 +109,35 @@ class Metrics:
         self.store_errors = Counter(
             "wshub_store_errors", "Presence-store operations that failed", registry=r
         )
+        self.recoveries = Counter(
+            "wshub_sessions_recovered",
+            "Sessions resumed by their client (connection state recovery), by where",
+            ["where"],
+            registry=r,
+        )
+        self.recovery_failures = Counter(
+            "wshub_sessions_recovery_failed",
+            "Resume attempts that got a fresh session instead, by why",
+            ["why"],
+            registry=r,
+        )
+        self.sessions_expired = Counter(
+            "wshub_sessions_expired",
+            "Waiting sessions that ended without being resumed, by why",
+            ["why"],
+            registry=r,
+        )
+        self.events_held = Counter(
+            "wshub_recovery_events_held", "Events kept for sessions that are away", registry=r
+        )
+        self.events_dropped = Counter(
+            "wshub_recovery_events_dropped",
+            "Events for a waiting session that could not be kept (it ended instead)",
+            registry=r,
+        )
+        self.events_replayed = Counter(
+            "wshub_recovery_events_replayed", "Events sent again to resumed sessions", registry=r
+        )
         self.backplane_healthy = Gauge(
             "wshub_backplane_healthy",
             "1 when the cross-process backplane answers its probe",

@@ -42,7 +42,20 @@ class MessagingService:
         sender = await identified(self._store, sid, "send a direct message")
         targets = await self._store.connections_of(message.target)
         timestamp = iso_timestamp()
-        if not targets:
+        outcome = None
+        if targets:
+            outcome = await self._delivery.send(
+                targets,
+                Outbound.DIRECT,
+                stamped(
+                    message.model_dump(),
+                    sender=sender_of(sender),
+                    type=message.type,
+                    timestamp=timestamp,
+                ),
+            )
+        if outcome is None or not outcome.reached:
+            # No connection holds the name, or none took the message (it just went).
             raise GatewayError(
                 ErrorCode.TARGET_NOT_FOUND,
                 f"User {message.target!r} is not connected",
@@ -56,17 +69,14 @@ class MessagingService:
                     },
                 ),
             )
-        await self._delivery.send(
-            targets,
-            Outbound.DIRECT,
-            stamped(
-                message.model_dump(),
-                sender=sender_of(sender),
-                type=message.type,
-                timestamp=timestamp,
-            ),
-        )
         return Reply(
             Outbound.DIRECT_SENT,
-            {"success": True, "target": message.target, "timestamp": timestamp},
+            {
+                "success": True,
+                "target": message.target,
+                "timestamp": timestamp,
+                # Beyond the contract: "delivered" to a connection, or "held" for a session that
+                # is away and may resume (it gets the message then, or never).
+                "delivery": "delivered" if outcome.delivered else "held",
+            },
         )

@@ -10,7 +10,7 @@ from ..protocol.outbound import stamped
 from ..protocol.timestamps import iso_timestamp
 from ..store.base import PresenceStore
 from .identity import identified, sender_of
-from .ports import Delivery
+from .ports import Delivery, Outcome
 
 
 class NotificationService:
@@ -38,8 +38,9 @@ class NotificationService:
                 for address in await self._store.connections_of(name)
             ]
         timestamp = iso_timestamp()
+        outcome = Outcome()
         if recipients:
-            await self._delivery.send(
+            outcome = await self._delivery.send(
                 recipients,
                 Outbound.NOTIFICATION,
                 stamped(
@@ -52,5 +53,10 @@ class NotificationService:
             )
         return Reply(
             Outbound.NOTIFICATION_SENT,
-            {"success": True, "recipientCount": len(recipients), "timestamp": timestamp},
+            {
+                "success": True,
+                "recipientCount": outcome.reached,
+                "held": outcome.held,  # beyond the contract: kept for sessions that are away
+                "timestamp": timestamp,
+            },
         )

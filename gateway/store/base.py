@@ -8,7 +8,8 @@ Rules every backend keeps:
   one connection; authenticated users may hold it from several (``MULTI``); a name is free again
   the moment its last holder disconnects;
 * a connection whose transport is gone but whose session may resume is *away*: it keeps its
-  name and its routing, and a new claim of its name may displace it (see :meth:`save`);
+  name and its routing, and a new claim of its name may displace it (see :meth:`save`); it is
+  not connected, so :meth:`clients` does not list it and :meth:`counts` does not count it;
 * metadata is replaced as a whole, never mutated in place, so a :class:`Presence` handed out is
   a stable snapshot;
 * ``followers_of(name)`` lists the connections whose ``following`` contains *name*.

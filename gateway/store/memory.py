@@ -77,10 +77,11 @@ class MemoryStore:
         return [self._by_sid[sid].address() for sid in self._followers.get(username, ())]
 
     async def clients(self) -> Sequence[Presence]:
-        return [entry.presence for entry in self._by_sid.values()]
+        return [entry.presence for entry in self._by_sid.values() if not entry.away]
 
     async def counts(self) -> Counts:
-        return Counts(active=len(self._by_sid), total=self._total)
+        away = sum(1 for entry in self._by_sid.values() if entry.away)
+        return Counts(active=len(self._by_sid) - away, total=self._total)
 
     async def set_away(self, sid: str, away: bool) -> bool:
         entry = self._by_sid.get(sid)

@@ -17,12 +17,12 @@ from typing import Any
 
 from ..observability.metrics import Metrics
 from ..protocol.close import CloseReason
+from ..recovery import offset_of
 from ..services.ports import Outcome
-from ..sessions import Client, Sessions
+from ..sessions import Client, Handed, Outgoing, Sessions
 from ..store.base import Address
 from . import sio_codec
 from .backplane import Backplane, BackplaneUnavailable
-from .engineio_seam import MessagePacket
 
 log = logging.getLogger("wshub.router")
 
@@ -52,7 +52,7 @@ class Router:
     # -- services.ports.Delivery
 
     async def send(self, to: Sequence[Address], event: str, payload: Mapping[str, Any]) -> Outcome:
-        text = sio_codec.encode_event(event, payload)
+        message = self._message(event, payload)
         delivered = held = failed = 0
         local: list[Address] = []
         remote: dict[str, list[Address]] = {}
@@ -64,7 +64,7 @@ class Router:
         unreachable: BackplaneUnavailable | None = None
         for node, addresses in remote.items():
             try:
-                taken = await self._remote(node, event, [a.sid for a in addresses], text)
+                taken = await self._remote(node, event, [a.sid for a in addresses], message.text)
             except BackplaneUnavailable as exc:
                 unreachable, taken = exc, False
             if not taken:
@@ -75,11 +75,12 @@ class Router:
             delivered += len(addresses) - away
         if unreachable is not None and not local and not delivered and not held:
             raise unreachable  # nothing went anywhere: the sender may safely retry
-        packet = MessagePacket(text)
         for address in local:
-            client = self._table.by_sid.get(address.sid)
-            if isinstance(client, Client) and self._sessions.deliver(client, packet):
+            handed = self._hand(address.sid, message)
+            if handed is Handed.DELIVERED:
                 delivered += 1
+            elif handed is Handed.HELD:
+                held += 1
             else:
                 failed += 1
         if delivered:
@@ -95,10 +96,15 @@ class Router:
     async def broadcast(
         self, event: str, payload: Mapping[str, Any], *, local_only: bool = False
     ) -> None:
-        text = sio_codec.encode_event(event, payload)
-        if self.backplane is not None and not local_only:
-            await self.backplane.broadcast(event, text)  # first: a failure delivers nothing
-        await self.fan_out(event, text)
+        # Heartbeats, stats and certificate notices (local_only) are not replayed on recovery.
+        message = Outgoing(sio_codec.encode_event(event, payload), None)
+        if not local_only:
+            message = self._message(event, payload)
+            if self.backplane is not None:
+                await self.backplane.broadcast(
+                    event, message.text
+                )  # first: a failure delivers nothing
+        await self.fan_out(event, message)
 
     async def close(
         self,
@@ -143,22 +149,40 @@ class Router:
     # -- backplane.Inbox
 
     def deliver(self, event: str, sids: list[str], packet: str) -> None:
-        shared = MessagePacket(packet)
+        message = Outgoing(packet, offset_of(packet))
         count = 0
+        moved: dict[str, list[str]] = {}
         for sid in sids:
-            client = self._table.by_sid.get(sid)
-            if isinstance(client, Client) and self._sessions.deliver(client, shared):
+            handed = self._hand(sid, message)
+            if handed is Handed.DELIVERED:
                 count += 1
+            elif handed is Handed.REFUSED and (node := self._sessions.recovery.forward(sid)):
+                moved.setdefault(node, []).append(sid)  # it just resumed on another node
         if count:
             self._delivered(event).inc(count)
+        for node, forwarded in moved.items():
+            self._sessions.spawn(self._forward(node, event, forwarded, packet))
 
     async def broadcast_in(self, event: str, packet: str) -> None:
-        await self.fan_out(event, packet)
+        await self.fan_out(event, Outgoing(packet, offset_of(packet)))
 
     async def request(self, body: dict[str, Any]) -> dict[str, Any]:
-        if body.get("kind") == "probe":
+        kind = body.get("kind")
+        if kind == "probe":
             return {"alive": await self._sessions.probe(str(body.get("sid")), self._probe_timeout)}
-        return {"error": f"unknown request {body.get('kind')!r}"}
+        if kind == "handover":
+            return await self._sessions.recovery.hand_over(body)
+        return {"error": f"unknown request {kind!r}"}
+
+    # -- recovery.Remote
+
+    async def ask(self, node: str, body: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        if self.backplane is None:
+            return None
+        try:
+            return await self.backplane.request(node, body, timeout)
+        except BackplaneUnavailable:
+            return None
 
     async def control(self, body: dict[str, Any]) -> None:
         if body.get("kind") == "close":
@@ -177,13 +201,12 @@ class Router:
 
     # -- internals
 
-    async def fan_out(self, event: str, text: str) -> int:
-        """*text* to every session of this node, in chunks; how many took it."""
-        packet = MessagePacket(text)
+    async def fan_out(self, event: str, message: Outgoing) -> int:
+        """*message* to every session of this node, in chunks; how many got it now."""
         deliver = self._sessions.deliver
         count = 0
         for n, client in enumerate(list(self._table.by_sid.values()), 1):
-            if isinstance(client, Client) and deliver(client, packet):
+            if isinstance(client, Client) and deliver(client, message) is Handed.DELIVERED:
                 count += 1
             if n % _FANOUT_CHUNK == 0:
                 await asyncio.sleep(0)
@@ -191,7 +214,26 @@ class Router:
             self._delivered(event).inc(count)
         return count
 
+    def _message(self, event: str, payload: Mapping[str, Any]) -> Outgoing:
+        """A replayable message: with an offset as its last argument when recovery is on."""
+        offset = self._sessions.recovery.offset()
+        if offset is None:
+            return Outgoing(sio_codec.encode_event(event, payload), None)
+        return Outgoing(sio_codec.encode_event(event, payload, offset), offset)
+
+    def _hand(self, sid: str, message: Outgoing) -> Handed:
+        client = self._table.by_sid.get(sid)
+        if not isinstance(client, Client):
+            return Handed.REFUSED
+        return self._sessions.deliver(client, message)
+
     async def _remote(self, node: str, event: str, sids: list[str], text: str) -> bool:
         if self.backplane is None:
             return False
         return await self.backplane.deliver(node, event, sids, text) > 0
+
+    async def _forward(self, node: str, event: str, sids: list[str], packet: str) -> None:
+        try:
+            await self._remote(node, event, sids, packet)
+        except BackplaneUnavailable as exc:
+            log.warning("could not forward to a resumed session's new node: %s", exc)

@@ -143,7 +143,10 @@ class SocketIOLayer:
         link = Link(self, socket, peer_of(environ["asgi.scope"]))
         authorization = environ.get("HTTP_AUTHORIZATION")
         headers = {"authorization": authorization} if authorization else {}
-        self.sessions.open(eio_sid, link, ticket, headers)
+        offsets = self.sessions.recovery.wants_offsets(
+            environ.get("HTTP_USER_AGENT", ""), environ.get("QUERY_STRING", "")
+        )
+        self.sessions.open(eio_sid, link, ticket, headers, offsets=offsets)
         return True
 
     async def _on_message(self, eio_sid: str, data: str | bytes) -> None:
@@ -230,9 +233,15 @@ class SocketIOLayer:
 
     def send_ping(self, socket: EngineSocket) -> None:
         socket.push(PING_PACKET)
+        client = self.sessions.table.by_eio.get(socket.sid)
+        if isinstance(client, Client) and client.log is not None:
+            client.ping_mark = client.log.last_seq
 
     def answered(self, socket: EngineSocket) -> None:
-        pass  # a PONG proves receipt of what was sent before the PING (used by recovery)
+        # A PONG proves the client read everything queued before the PING: one ordered stream.
+        client = self.sessions.table.by_eio.get(socket.sid)
+        if isinstance(client, Client) and client.log is not None:
+            client.log.confirm(client.ping_mark)
 
     async def timed_out(self, socket: EngineSocket) -> None:
         # As python-engineio does: a CLOSE is written (it updates a half-open peer's state).

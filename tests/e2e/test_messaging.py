@@ -74,7 +74,12 @@ async def test_direct_reaches_only_the_target(connect) -> None:
         "timestamp": got["timestamp"],
     }
     sent = await alice.expect("system:directSent")
-    assert sent == {"success": True, "target": "bob", "timestamp": sent["timestamp"]}
+    assert sent == {
+        "success": True,
+        "target": "bob",
+        "timestamp": sent["timestamp"],
+        "delivery": "delivered",
+    }
     await carol.expect_none("system:direct")
 
 

@@ -25,7 +25,7 @@ async def test_notification_to_targets(connect) -> None:
             "timestamp": got["timestamp"],
         }
     sent = await alice.expect("system:notificationSent")
-    assert sent == {"success": True, "recipientCount": 2, "timestamp": sent["timestamp"]}
+    assert sent == {"success": True, "recipientCount": 2, "held": 0, "timestamp": sent["timestamp"]}
     await dave.expect_none("system:notification")
 
 

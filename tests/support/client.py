@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from typing import Any
 
@@ -77,8 +78,26 @@ class Client:
         return self
 
     async def close(self) -> None:
+        """Leave politely: the server sees a Socket.IO DISCONNECT, not a lost transport.
+
+        python-socketio's ``disconnect()`` queues its DISCONNECT and closes the WebSocket at
+        once, so the packet is often never written, and the server (rightly) keeps the
+        session for recovery. Here the DISCONNECT is written first.
+        """
         if self.sio.connected:
+            await self.sio.eio.send("1")  # Socket.IO DISCONNECT of the main namespace
+            # Taken by python-engineio's writer, and written (bounded: the transport may be
+            # gone already, and its writer with it).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.sio.eio.queue.join(), 1)
+            await asyncio.sleep(0.01)
             await self.sio.disconnect()
+
+    async def drop(self) -> None:
+        """Go away without a word, as a client whose network vanished would (the transport
+        closes; the server may keep the session for recovery)."""
+        if self.sio.connected:
+            await self.sio.eio.disconnect(abort=True)
 
 
 class Clients:
