@@ -3,11 +3,14 @@ outlive its expiry on a long-lived connection. One timer for all connections."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from ..protocol.close import CloseReason
 from ..scheduling import DeadlineQueue, DeadlineTimer
 from ..services.ports import Delivery
+
+_CHUNK = 100
 
 
 class SessionExpiry:
@@ -27,5 +30,7 @@ class SessionExpiry:
     async def run(self) -> None:
         while True:
             await self._timer.wait_due()
-            for sid in self._queue.pop_due(self._clock()):
+            # In chunks, yielding between them: tokens issued together expire together.
+            for sid in self._queue.pop_due(self._clock(), limit=_CHUNK):
                 await self._delivery.close(sid, CloseReason.TOKEN_EXPIRED, "Your token has expired")
+            await asyncio.sleep(0)

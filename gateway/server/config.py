@@ -20,6 +20,7 @@ from ..settings import SettingsError
 from ..tls import TlsFiles, TlsReloader
 
 DEFAULT_BIND = "127.0.0.1:8080"
+DEFAULT_BACKLOG = 4096
 GATEWAY_TABLE = "wshub"
 
 
@@ -74,6 +75,10 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any
     assert isinstance(config, GatewayConfig)
     if "bind" not in data:
         config.bind = [DEFAULT_BIND]
+    if "backlog" not in data:
+        # Hypercorn's 100 is overrun by a reconnect storm (a deploy, a network blip): the
+        # kernel drops the SYNs and the clients retry after 1, 3, 7, 15 s.
+        config.backlog = DEFAULT_BACKLOG
     if "alpn_protocols" not in data:
         # Browsers negotiate HTTP/2 over TLS when offered and then open WebSockets with
         # extended CONNECT (RFC 8441), which carries no Upgrade header: Engine.IO refuses it and

@@ -1,6 +1,6 @@
 """Server heartbeats: ``system:heartbeat`` {id} every interval, ``system:heartbeat-ack`` back.
 
-A round sends one heartbeat id to every connection at once (encoded once, one broadcast) and,
+A round sends one heartbeat id to every connection (encoded once, handed out in chunks) and,
 ``timeout`` seconds later, counts a miss for every connection that was there at the start and
 has not acknowledged. From ``warn_after`` misses on each miss brings a warning; at
 ``max_missed`` the connection is closed. Any acknowledgement of a recent heartbeat resets the
@@ -21,6 +21,9 @@ from ..protocol.events import Outbound
 from ..protocol.inbound import HeartbeatAck
 from ..protocol.timestamps import iso_timestamp
 from .ports import Delivery
+
+# Closes per event-loop step when many connections time out in the same round.
+_CLOSE_CHUNK = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +133,16 @@ class HeartbeatService:
             await self._apply(self.book.close_round())
 
     async def _apply(self, result: RoundResult) -> None:
+        # Everyone who missed the same number of rounds gets the same warning: one packet,
+        # encoded once, handed out in chunks like a broadcast.
+        by_count: dict[int, list[str]] = {}
         for sid, missed in result.warnings:
+            by_count.setdefault(missed, []).append(sid)
             if self._on_warning is not None:
                 self._on_warning(sid, missed)
-            await self._delivery.reply(
-                sid,
+        for missed, sids in sorted(by_count.items()):
+            await self._delivery.notify(
+                sids,
                 Outbound.HEARTBEAT_WARNING,
                 {
                     "message": f"Connection unstable - missed {missed} heartbeats",
@@ -142,7 +150,7 @@ class HeartbeatService:
                     "timestamp": iso_timestamp(),
                 },
             )
-        for sid in result.timed_out:
+        for n, sid in enumerate(result.timed_out, 1):
             if self._on_timeout is not None:
                 self._on_timeout(sid)
             await self._delivery.close(
@@ -150,3 +158,5 @@ class HeartbeatService:
                 CloseReason.HEARTBEAT_TIMEOUT,
                 "Missed too many heartbeats; the connection is considered dead",
             )
+            if n % _CLOSE_CHUNK == 0:
+                await asyncio.sleep(0)  # a crowd that went silent at once is closed in steps

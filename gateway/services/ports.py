@@ -37,6 +37,10 @@ class Delivery(Protocol):
     async def reply(self, sid: str, event: str, payload: Mapping[str, Any]) -> None:
         """An answer to a connection of this process (the sender of the event being handled)."""
 
+    async def notify(self, sids: Sequence[str], event: str, payload: Mapping[str, Any]) -> None:
+        """One payload to these connections of this process, not replayed on recovery
+        (heartbeat warnings); encoded once and handed out in chunks."""
+
     async def broadcast(
         self, event: str, payload: Mapping[str, Any], *, local_only: bool = False
     ) -> None:

@@ -7,6 +7,7 @@ it on the wire. One timer serves every connection (:mod:`gateway.scheduling`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 
 from ..protocol.errors import ErrorCode, GatewayError
@@ -18,6 +19,7 @@ from ..store.base import Address, Presence, PresenceStore
 from .identity import identified, sender_of
 from .ports import Delivery
 
+_CHUNK = 200
 Pair = tuple[str, str]  # (sender sid, target username): a user may be on several connections
 
 
@@ -33,8 +35,8 @@ class TypingTracker:
     def stop(self, pair: Pair) -> bool:
         return self._pending.discard(pair)
 
-    def expire(self, now: float) -> list[Pair]:
-        return self._pending.pop_due(now)
+    def expire(self, now: float, limit: int | None = None) -> list[Pair]:
+        return self._pending.pop_due(now, limit)
 
     def drop(self, sid: str) -> list[Pair]:
         """Forget the pairs *sid* types in; returns them."""
@@ -93,8 +95,9 @@ class TypingService:
         """Send the automatic stops. One task for the whole process."""
         while True:
             await self._timer.wait_due()
-            for sender_sid, target in self._tracker.expire(self._clock()):
+            for sender_sid, target in self._tracker.expire(self._clock(), limit=_CHUNK):
                 await self._stop_all(sender_sid, [(sender_sid, target)])
+            await asyncio.sleep(0)  # indicators started together end together: in steps
 
     async def _stop_all(self, sender_sid: str, pairs: list[Pair]) -> None:
         sender = await self._store.get(sender_sid)

@@ -28,7 +28,7 @@ log = logging.getLogger("wshub.router")
 
 # A broadcast yields to the event loop after this many local recipients, so that handing one
 # message to a crowd never makes a single long step.
-_FANOUT_CHUNK = 500
+_FANOUT_CHUNK = 256
 
 
 class Router:
@@ -92,6 +92,17 @@ class Router:
         if isinstance(client, Client):
             self._sessions.reply(client, event, payload)
             self._delivered(event).inc()
+
+    async def notify(self, sids: Sequence[str], event: str, payload: Mapping[str, Any]) -> None:
+        message = Outgoing(sio_codec.encode_event(event, payload), None)
+        count = 0
+        for n, sid in enumerate(sids, 1):
+            if self._hand(sid, message) is Handed.DELIVERED:
+                count += 1
+            if n % _FANOUT_CHUNK == 0:
+                await asyncio.sleep(0)
+        if count:
+            self._delivered(event).inc(count)
 
     async def broadcast(
         self, event: str, payload: Mapping[str, Any], *, local_only: bool = False

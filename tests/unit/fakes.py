@@ -38,6 +38,10 @@ class RecordingDelivery:
     async def reply(self, sid: str, event: str, payload: Mapping[str, Any]) -> None:
         self.sent.append((sid, event, dict(payload)))
 
+    async def notify(self, sids: Sequence[str], event: str, payload: Mapping[str, Any]) -> None:
+        for sid in sids:
+            await self.reply(sid, event, payload)
+
     async def broadcast(
         self, event: str, payload: Mapping[str, Any], *, local_only: bool = False
     ) -> None:
