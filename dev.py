@@ -3,8 +3,12 @@
 
     python3 dev.py serve [ws-hub serve options]   # the gateway on its embedded defaults
     python3 dev.py test [pytest options]          # the whole test suite
+    python3 dev.py lock [--upgrade]               # remake requirements/constraints.txt
 
-Both create ``.venv`` on first use and reinstall only when ``pyproject.toml`` changes.
+Both create ``.venv`` on first use and reinstall only when ``pyproject.toml`` or the constraints
+change. Every install takes its exact versions from ``requirements/constraints.txt``, which
+``lock`` makes with uv (from PyPI, into .venv) from ``pyproject.toml``: ``--upgrade`` moves every
+pin to the newest release that the ranges in ``pyproject.toml`` allow.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 INTEROP = ROOT / "tests" / "interop"
+CONSTRAINTS = ROOT / "requirements" / "constraints.txt"
 
 
 def main() -> int:
@@ -31,6 +36,8 @@ def main() -> int:
         return serve(rest)
     if command == "test":
         return test(rest)
+    if command == "lock":
+        return lock(rest)
     print(__doc__)
     return 0 if command in {"help", "-h", "--help"} else 2
 
@@ -56,18 +63,33 @@ def test(args: list[str]) -> int:
     return 0
 
 
+def lock(args: list[str]) -> int:
+    """``requirements/constraints.txt`` from ``pyproject.toml`` (every extra), for any platform."""
+    python = ensure_venv("")
+    run([str(python), "-m", "pip", "install", "--quiet", "uv"])
+    return call(
+        [
+            str(python), "-m", "uv", "pip", "compile", "pyproject.toml", "--all-extras",
+            "--universal", "--python-version", "3.11", "--quiet",
+            "--output-file", str(CONSTRAINTS.relative_to(ROOT)), *args,
+        ]
+    )  # fmt: skip
+
+
 def ensure_venv(extras: str) -> Path:
     python = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     if not python.exists():
         print("dev.py: creating .venv", flush=True)
         venv.create(VENV, with_pip=True)
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    inputs = (ROOT / "pyproject.toml").read_bytes() + CONSTRAINTS.read_bytes() + extras.encode()
+    wanted = hashlib.sha256(inputs).hexdigest()
     stamp = VENV / f".installed-{extras or 'base'}"
     if not stamp.exists() or stamp.read_text() != wanted:
         spec = f".[{extras}]" if extras else "."
         print(f"dev.py: installing {spec} into .venv", flush=True)
         run([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
-        run([str(python), "-m", "pip", "install", "--quiet", "-e", spec])
+        pinned = ["--constraint", str(CONSTRAINTS)]
+        run([str(python), "-m", "pip", "install", "--quiet", *pinned, "-e", spec])
         stamp.write_text(wanted)
     return python
 

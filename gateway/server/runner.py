@@ -166,7 +166,7 @@ def tune_garbage_collector() -> None:
 
     With a few hundred clients, full collections took 77-90 ms each and were the broadcast tail;
     freezing the heap and a gen0 threshold of 50 000 cut fan-out p99 4x and connect CPU by 38%
-    (shared/research/perf-baselines.md).
+    (docs/performance.md).
     """
     gc.collect()
     gc.freeze()

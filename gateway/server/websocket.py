@@ -3,7 +3,7 @@
 Hypercorn 0.18 accepts permessage-deflate whenever a client offers it, with no setting, and
 wsproto inflates each incoming chunk without a bound before Hypercorn's
 ``websocket_max_message_size`` is checked: a small compressed frame can inflate ~1000-fold.
-Deflate also triples the memory of an idle connection (shared/research/perf-baselines.md), and
+Deflate also triples the memory of an idle connection (docs/performance.md), and
 Node's Socket.IO declines it by default. So we decline it by default, and when it is switched
 on we inflate with a ceiling: a message that would inflate past ``max_frame_bytes`` closes the
 connection with 1009 (message too big) before the excess is ever allocated.

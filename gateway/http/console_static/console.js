@@ -556,7 +556,7 @@ function setStatus(text, className) {
   $("try-connect").disabled = Boolean(socket);
 }
 
-function logEntry(kind, name, payload, hasPayload) {
+function logEntry(kind, name, payload, hasPayload, offset = null) {
   const symbols = { in: "←", out: "→", ack: "↩", note: "•" };
   const item = el("li", null, kind);
   item.dataset.event = name;
@@ -564,6 +564,7 @@ function logEntry(kind, name, payload, hasPayload) {
   const head = el("div", null, "head");
   head.append(el("span", new Date().toLocaleTimeString(), "time"), el("span", symbols[kind], "dir"),
     el("span", name, "name"));
+  if (offset) head.append(el("span", `offset ${offset}`, "offset"));
   item.append(head);
   if (hasPayload) item.append(el("pre", JSON.stringify(payload, null, 2)));
   applyFilter(item);
@@ -572,8 +573,16 @@ function logEntry(kind, name, payload, hasPayload) {
   while (list.children.length > LOG_LIMIT) list.lastElementChild.remove();
 }
 
+// With connection state recovery the gateway adds the event's offset as a last argument;
+// the log shows the payload, and the offset in the entry's head.
 function payloadOf(args) {
-  return args.length === 1 ? args[0] : args;
+  const trimmed = offsetOf(args) ? args.slice(0, -1) : args;
+  return trimmed.length === 1 ? trimmed[0] : trimmed;
+}
+
+function offsetOf(args) {
+  const last = args[args.length - 1];
+  return args.length > 1 && typeof last === "string" && /^[0-9a-f]{6}\.[0-9a-f]+$/.test(last) ? last : null;
 }
 
 function applyFilter(item) {
@@ -603,7 +612,7 @@ $("connect-form").addEventListener("submit", (event) => {
   if (authOn) options.auth = { token: $("try-token").value.trim() || token };
   socket = io(window.location.origin, options);
   setStatus("connecting…", "");
-  socket.onAny((name, ...args) => logEntry("in", name, payloadOf(args), args.length > 0));
+  socket.onAny((name, ...args) => logEntry("in", name, payloadOf(args), args.length > 0, offsetOf(args)));
   socket.onAnyOutgoing((name, ...args) => {
     const data = args.filter((arg) => typeof arg !== "function"); // drop an ack callback
     logEntry("out", name, payloadOf(data), data.length > 0);
