@@ -43,6 +43,7 @@ left at once (``EXPIRE``).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -107,6 +108,8 @@ class Resource(Enum):
     TRANSPORT = "transport"
     """The Engine.IO session (and its TCP connection)."""
 
+
+log = logging.getLogger("wshub.lifecycle")
 
 S, E, R = State, Event, Resource
 
@@ -218,7 +221,12 @@ class Connection:
         if self.listener is not None:
             self.listener(self, before, target)
         for release in pending:
-            await release
+            # Each release runs whatever the previous one met: a store that is down must not
+            # keep the transport open or the slot taken.
+            try:
+                await release
+            except Exception:
+                log.exception("releasing a resource of a %s connection failed", target.value)
         return target
 
     def hold(self, resource: Resource) -> Awaitable[None] | None:

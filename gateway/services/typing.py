@@ -8,6 +8,7 @@ it on the wire. One timer serves every connection (:mod:`gateway.scheduling`).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 
 from ..protocol.errors import ErrorCode, GatewayError
@@ -15,10 +16,11 @@ from ..protocol.events import Outbound
 from ..protocol.inbound import Typing
 from ..protocol.timestamps import iso_timestamp
 from ..scheduling import DeadlineQueue, DeadlineTimer
-from ..store.base import Address, Presence, PresenceStore
+from ..store.base import Address, Presence, PresenceStore, StoreUnavailable
 from .identity import identified, sender_of
 from .ports import Delivery
 
+log = logging.getLogger("wshub.typing")
 _CHUNK = 200
 Pair = tuple[str, str]  # (sender sid, target username): a user may be on several connections
 
@@ -100,13 +102,19 @@ class TypingService:
             await asyncio.sleep(0)  # indicators started together end together: in steps
 
     async def _stop_all(self, sender_sid: str, pairs: list[Pair]) -> None:
-        sender = await self._store.get(sender_sid)
-        if sender is None:
-            return
-        for _, name in pairs:
-            targets = await self._store.connections_of(name)
-            if targets:
-                await self._update(sender, targets, is_typing=False)
+        try:
+            sender = await self._store.get(sender_sid)
+            if sender is None:
+                return
+            for _, name in pairs:
+                targets = await self._store.connections_of(name)
+                if targets:
+                    await self._update(sender, targets, is_typing=False)
+        except StoreUnavailable as exc:
+            # The targets' indicators end by themselves on their side; nothing is left here.
+            log.warning(
+                "could not tell typing targets that %d indicator(s) stopped: %s", len(pairs), exc
+            )
 
     async def _resolve(self, sid: str, message: Typing) -> tuple[Presence, Sequence[Address]]:
         sender = await identified(self._store, sid, "send typing indicators")

@@ -227,3 +227,36 @@ async def test_every_resource_is_released_once(reason: str) -> None:
     assert session.state is State.CLOSED and session.held == set()
     assert ticket.released and world.admission.open == 0
     assert world.hub.heartbeat.book.missed(session.sid or "") is None
+
+
+class FailingStore(MemoryStore):
+    """Redis goes away between a connect and its end."""
+
+    broken = False
+
+    async def disconnect(self, sid: str) -> None:  # type: ignore[override]
+        if self.broken:
+            raise StoreUnavailable("redis is down")
+        await super().disconnect(sid)
+
+    async def connections_of(self, username: str) -> list[Any]:  # type: ignore[override]
+        if self.broken:
+            raise StoreUnavailable("redis is down")
+        return list(await super().connections_of(username))
+
+
+async def test_a_store_failing_at_the_end_still_frees_everything_else() -> None:
+    store = FailingStore()
+    world = World(store, recovery_window=0)
+    session, link, ticket = await world.connected()
+    other, _, _ = await world.connected()
+    await store.save(session.sid or "", "alice", {})
+    await store.save(other.sid or "", "bob", {})
+    await world.hub.handle(
+        session.sid or "", session, "system:typingStart", ({"target": "bob"},), 20
+    )
+    store.broken = True
+    await world.sessions.ended(session, "transport close")
+    assert session.state is State.CLOSED and session.held == set()
+    assert ticket.released and link.ended is False
+    assert world.hub.heartbeat.book.missed(session.sid or "") is None
