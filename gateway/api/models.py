@@ -260,6 +260,18 @@ class BatchResult(_Response):
     results: list[BatchOk | BatchFailed] = Field(description="One per call, in order")
 
 
+PARAMS: dict[str, type[BaseModel]] = {
+    "notify": NotifyParams,
+    "direct": DirectParams,
+    "broadcast": BroadcastParams,
+    "disconnect": DisconnectParams,
+    "presence": PresenceParams,
+    "stats": StatsParams,
+    "batch": BatchParams,
+}
+"""Every method and the model of its body."""
+
+
 class ServerSender(TypedDict):
     """``sender`` of every event the API sends: no connection id, a name no client may take."""
 

@@ -45,7 +45,7 @@ from .idempotency import (
     Stored,
 )
 from .limits import KeyLimiter
-from .models import ApiCode, ApiFailure
+from .models import PARAMS, ApiCode, ApiFailure
 from .openapi import (
     DOCUMENT_PATH,
     IDEMPOTENCY_HEADER,
@@ -54,7 +54,7 @@ from .openapi import (
     REPLAYED_HEADER,
     document,
 )
-from .service import PARAMS, ApiService, Call
+from .service import ApiService, Call
 
 if TYPE_CHECKING:
     from ..app import Gateway

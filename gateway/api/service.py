@@ -28,6 +28,7 @@ from ..services.ports import Delivery, Outcome
 from ..store.base import Address, PresenceStore, StoreUnavailable
 from ..transport.sio_codec import depth
 from .models import (
+    PARAMS,
     ApiCode,
     ApiFailure,
     BatchFailed,
@@ -51,17 +52,6 @@ from .models import (
 )
 
 log = logging.getLogger("wshub.api")
-
-PARAMS: dict[str, type[BaseModel]] = {
-    "notify": NotifyParams,
-    "direct": DirectParams,
-    "broadcast": BroadcastParams,
-    "disconnect": DisconnectParams,
-    "presence": PresenceParams,
-    "stats": StatsParams,
-    "batch": BatchParams,
-}
-"""Every method and the model of its body."""
 
 
 @dataclass(frozen=True, slots=True)
