@@ -116,7 +116,15 @@ def register_api(app: Quart, gateway: Gateway) -> None:
         ),
     )
     app.add_url_rule(f"{PREFIX}/<path:name>", "api", endpoint.answer, methods=_METHODS)
-    app.add_url_rule(PREFIX, "api_root", endpoint.answer, methods=_METHODS, defaults={"name": ""})
+    # /api/v1 and /api/v1/ themselves: a JSON NOT_FOUND pointing at the document
+    app.add_url_rule(
+        f"{PREFIX}/",
+        "api_root",
+        endpoint.answer,
+        methods=_METHODS,
+        defaults={"name": ""},
+        strict_slashes=False,
+    )
     app.after_serving(remembered.close)
 
 
