@@ -251,11 +251,13 @@ class ApiEndpoint:
                     headers={"Retry-After": "1"},
                 )
         assert isinstance(begun, Owned)
+        # A call that fails otherwise (a bug, or cancelled) may have delivered: its claim stays
+        # until it expires, so that a retry meanwhile is not a second delivery.
         try:
             result = await self._service.run(call)
-        except BaseException:
-            # Nothing was delivered (or the call was cancelled before its answer): a retry may
-            # do it. A claim that cannot be released expires by itself.
+        except ApiFailure:
+            # Refused, or nothing delivered (TARGET_NOT_FOUND, UNAVAILABLE): a retry may do it.
+            # A claim that cannot be released expires by itself.
             try:
                 await self._remembered.release(scope, begun)
             except StoreUnavailable:
