@@ -27,9 +27,6 @@ class KeyRing:
     def __init__(self, secrets: Iterable[str]) -> None:
         self._keys = [_key(secret) for secret in secrets]
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
     def identify(self, authorization: str | None) -> ApiKey | None:
         """The key an ``Authorization`` header value carries; None for none or a wrong one."""
         token = bearer_token(None, {"authorization": authorization or ""})
