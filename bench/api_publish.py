@@ -128,7 +128,9 @@ class Modes:
             self.senders.append(client)
         self.http = aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {KEY}"},
-            connector=aiohttp.TCPConnector(limit=self.concurrency),
+            # Idle connections dropped before Hypercorn's keep_alive_timeout (5 s) closes them:
+            # one reused just as the server closes it fails (and a POST is not retried).
+            connector=aiohttp.TCPConnector(limit=self.concurrency, keepalive_timeout=2.0),
         )
 
     async def close(self) -> None:
