@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..protocol.inbound import Limits
-from .models import PARAMS, ApiError
+from .models import PARAMS, ApiCode, ApiError
 from .openapi import IDEMPOTENCY_HEADER, OPERATIONS, PREFIX
 
 URL_ENV = "WSHUB_API_URL"
@@ -130,13 +130,18 @@ def _error(refused: urllib.error.HTTPError) -> ApiError:
     try:
         return ApiError.model_validate_json(body)
     except ValidationError:
-        # Not the API answering (a proxy, or a gateway without the API: 404 from Quart).
-        return ApiError.model_validate(
-            {
-                "code": "NOT_FOUND" if refused.code == 404 else "INTERNAL_ERROR",
-                "message": body[:200].decode(errors="replace"),
-            }
+        pass
+    # Not the API answering: a gateway without it (Quart's 404), or something in between.
+    if refused.code == 404:
+        return ApiError(
+            code=ApiCode.NOT_FOUND,
+            message="no server API there (is WSHUB_API_KEYS set? with WSHUB_OPS_BIND, use "
+            "the ops port)",
         )
+    return ApiError(
+        code=ApiCode.INTERNAL_ERROR,
+        message=f"not an API answer: {body[:200].decode(errors='replace')!r}",
+    )
 
 
 def _key(key_file: Path | None) -> str:

@@ -98,12 +98,12 @@ class NotifyParams(_Event):
     """
 
     to: list[Username] | None = Field(
-        None,
+        default=None,
         min_length=1,
         description="Usernames (at most max_targets); the ones not connected are skipped",
     )
     followers_of: Username | None = Field(
-        None, description="Every connected user whose `following` holds this username"
+        default=None, description="Every connected user whose `following` holds this username"
     )
     type: str = Field(min_length=1)
     content: dict[str, Any] = Field(
@@ -147,13 +147,13 @@ class DisconnectParams(_Request):
 
     username: Username
     message: str = Field(
-        "Your session was ended by the server",
+        default="Your session was ended by the server",
         min_length=1,
         max_length=1_000,
         description="Shown to the client as system:disconnect `message`",
     )
     reconnect: bool = Field(
-        False,
+        default=False,
         description="Whether the official clients should reconnect by themselves afterwards",
     )
 
@@ -189,7 +189,7 @@ class ApiError(_Response):
     code: ApiCode
     message: str
     retry_after_ms: int | None = Field(
-        None, description="With RATE_LIMIT and IDEMPOTENCY_IN_PROGRESS: when to try again"
+        default=None, description="With RATE_LIMIT and IDEMPOTENCY_IN_PROGRESS: when to try again"
     )
 
 

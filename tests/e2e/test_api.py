@@ -540,3 +540,12 @@ async def test_the_command_line_client(hub, clients) -> None:
     invalid = await asyncio.to_thread(ws_hub_api, hub.url, "notify", "--to", "", "--type", "t")
     assert invalid.returncode == 2
     assert invalid.stderr.startswith("ws-hub: notify: to.0: ") and invalid.stderr.count("\n") == 1
+
+
+async def test_the_command_line_client_where_there_is_no_api(server) -> None:
+    done = await asyncio.to_thread(ws_hub_api, server.url, "stats")
+    assert done.returncode == 1
+    assert done.stderr == (
+        "ws-hub api: 404 NOT_FOUND: no server API there (is WSHUB_API_KEYS set? with "
+        "WSHUB_OPS_BIND, use the ops port)\n"
+    )
