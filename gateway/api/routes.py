@@ -217,13 +217,16 @@ class ApiEndpoint:
     def _charge(self, key: ApiKey, cost: int) -> None:
         wait = self._limiter.take(key.id, cost)
         if wait is not None:
-            raise ApiFailure(
+            failure = ApiFailure(
                 429,
                 ApiCode.RATE_LIMIT,
                 f"Over the rate limit of this API key (api_rate_limit); retry in {wait:.2f} s",
                 retry_after=wait,
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
+            # Whole seconds, from the same figure as retryAfterMs, so the two agree.
+            assert failure.error.retry_after_ms is not None
+            failure.headers["Retry-After"] = str(math.ceil(failure.error.retry_after_ms / 1000))
+            raise failure
 
     async def _once(
         self, key: ApiKey, idempotency_key: str, name: str, body: object, call: Call
