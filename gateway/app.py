@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .api.routes import register_api
 from .http.asgi import Dispatch
 from .http.client_bundle import ClientBundle
 from .http.console import register_console
@@ -106,6 +107,7 @@ class Gateway:
         )
         self.http = create_http_app(self, started=self.started)
         register_console(self.http, self)
+        register_api(self.http, self)
         self._jobs: list[asyncio.Task[Any]] = []
         self._reloads: set[asyncio.Task[Any]] = set()
         self.http.before_serving(self.start)

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .api.cli import add_api_command
 from .settings import CONFIG_FILE_ENV, Settings, SettingsError
 
 
@@ -115,4 +116,5 @@ def _parser() -> argparse.ArgumentParser:
     inspect = certs.add_parser("inspect", help="describe certificates and keys")
     inspect.add_argument("files", nargs="+", help="PEM or DER files")
     inspect.set_defaults(func=_certs_inspect)
+    add_api_command(commands)
     return parser

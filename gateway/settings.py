@@ -172,6 +172,43 @@ class Settings(BaseSettings):
     # Message bodies stay out of the logs unless this is on (debugging only).
     log_bodies: bool = False
 
+    # -- server API (gateway/api): off unless api_keys is set; see docs/api.md
+    # Bearer keys that backends present; several, so that a key can be rotated without a gap.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Largest request body (a batch counts whole). Quart buffers at most 16 MiB of any body.
+    api_max_body_bytes: int = Field(1_048_576, ge=1_024, le=16 * 1024 * 1024)
+    # Calls per second per key (a batch costs one per call in it), and the bucket size.
+    api_rate_limit: float = Field(100.0, gt=0, le=1_000_000)
+    api_rate_limit_burst: int = Field(200, ge=1, le=10_000_000)
+    # Seconds an Idempotency-Key is remembered: a retry within it is answered, not repeated.
+    api_idempotency_window: float = Field(300.0, ge=1, le=7 * 86_400)
+    # sender.username of what the API sends; no client may take this name.
+    api_sender_name: str = Field("WS-Hub", min_length=1, max_length=1_024)
+    # With ops_bind set the API answers on the ops port only, unless this is true.
+    api_public: bool = False
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _api_key_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_api_keys(self) -> Self:
+        # Checked here rather than on the field so that a refusal never echoes a key's value.
+        for number, key in enumerate(self.api_keys, 1):
+            text = key.get_secret_value()
+            if len(text) < 16:
+                raise ValueError(
+                    f"api_keys: key {number} has {len(text)} characters; at least 16 are needed"
+                )
+            if not all("!" <= ch <= "~" and ch != "," for ch in text):
+                raise ValueError(
+                    f"api_keys: key {number} must be printable ASCII without spaces or commas"
+                )
+        return self
+
     @field_validator("cors_origins", "trusted_proxies", "auth_jwt_algorithms", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:

@@ -17,6 +17,8 @@ class CloseReason(StrEnum):
     PROTOCOL_ERROR = "protocol_error"
     CONNECT_TIMEOUT = "connect_timeout"
     SESSION_REPLACED = "session_replaced"
+    BACKEND = "backend_disconnect"
+    """The app's backend ended the user's connections through the server API (gateway/api)."""
 
 
 RECONNECT_ADVICE: dict[CloseReason, str] = {
@@ -28,6 +30,7 @@ RECONNECT_ADVICE: dict[CloseReason, str] = {
     CloseReason.PROTOCOL_ERROR: "fix the client; it sent what Socket.IO does not allow",
     CloseReason.CONNECT_TIMEOUT: "send CONNECT right after the handshake",
     CloseReason.SESSION_REPLACED: "do not reconnect: another connection took over",
+    CloseReason.BACKEND: "do not reconnect: the app ended this session (see message)",
 }
 
 _RECONNECTING = frozenset(

@@ -42,6 +42,11 @@ class PresenceService:
         self._max_metadata_bytes = max_metadata_bytes
         self._listing = listing
         self._claim = claim
+        self._reserved: set[str] = set()
+
+    def reserve_username(self, name: str) -> None:
+        """Keep *name* (in any letter case) from every client: the server API's sender name."""
+        self._reserved.add(name.casefold())
 
     async def claim(self, sid: str, username: str | None, metadata: Mapping[str, Any]) -> Presence:
         """Save the connection's name and metadata under the claim policy.
@@ -90,6 +95,12 @@ class PresenceService:
                 f"This connection is authenticated as {forced_username!r}; "
                 "it cannot use another username",
                 reply=_data_set_failure("Username does not match the authenticated user"),
+            )
+        if username is not None and username.casefold() in self._reserved:
+            raise GatewayError(
+                ErrorCode.DUPLICATE_USERNAME,
+                f"Username {username!r} is already taken",
+                reply=_data_set_failure(USERNAME_TAKEN),
             )
         metadata = {**current.metadata, **patch}
         size = encoded_size(metadata) + len((username or "").encode())
