@@ -92,6 +92,10 @@ class Client:
                 await asyncio.wait_for(self.sio.eio.queue.join(), 1)
             await asyncio.sleep(0.01)
             await self.sio.disconnect()
+        # A refused connect leaves python-engineio's HTTP session open: close it too.
+        http = self.sio.eio.http
+        if http is not None and not http.closed:
+            await http.close()
 
     async def drop(self) -> None:
         """Go away without a word, as a client whose network vanished would (the transport
