@@ -4,6 +4,7 @@ and through a trusted proxy: caps, connect rates, pending sessions, X-Forwarded-
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections import Counter
@@ -12,8 +13,16 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from gateway.lifecycle import State
 from tests.support.client import Client
-from tests.support.raw import RawPolling, Refused, SioSocket, eventually, http_get, on_server
+from tests.support.raw import (
+    RawPolling,
+    Refused,
+    SioSocket,
+    eventually,
+    http_request,
+    on_server,
+)
 
 pytestmark = pytest.mark.usefixtures("caplog")
 
@@ -189,28 +198,28 @@ async def test_a_session_without_connect_holds_its_slot_until_the_connect_timeou
 
 
 async def test_a_flood_of_pending_sessions_is_bounded_by_the_caps(server_factory) -> None:
-    # 1 500 handshakes that never CONNECT, from three addresses, 10 at a time from each. The
-    # connect timeout outlasts the flood, so every admitted session is still pending at its end.
+    # 1 500 handshakes that never CONNECT, from three addresses, 10 at a time from each. (That
+    # a pending session goes at the connect timeout is the test above; here they are pending
+    # for as long as the flood lasts, however long a loaded machine takes.)
     server = server_factory(
         max_connections=100,
         max_connections_per_ip=40,
         connect_rate_per_ip=10_000,
         connect_burst_per_ip=10_000,
-        connect_timeout=5.0,
-        close_timeout=0.3,
+        connect_timeout=60,
     )
     statuses: Counter[tuple[str, int]] = Counter()
     bodies: Counter[tuple[int, str]] = Counter()
+    admitted: list[tuple[str, str]] = []
     peak = 0
-    loop = asyncio.get_running_loop()
-    began = loop.time()
 
     async def flood(source: str, count: int) -> None:
         for _ in range(count):
-            answer = await http_get(server.url, HANDSHAKE, source=source)
+            answer = await http_request(server.url, HANDSHAKE, source=source)
             statuses[source, answer.status] += 1
             if answer.status == 200:
                 assert answer.text.startswith('0{"sid":')
+                admitted.append((source, json.loads(answer.text[1:])["sid"]))
             else:
                 bodies[answer.status, answer.json()["message"]] += 1
 
@@ -227,26 +236,32 @@ async def test_a_flood_of_pending_sessions_is_bounded_by_the_caps(server_factory
     assert bodies == {(429, "too many connections from your address (max 40)"): 460}
     # Then two more at once: the total cap.
     await asyncio.gather(*(flood(f"127.0.0.{n}", 50) for n in (3, 4) for _ in range(10)))
-    flooded = loop.time() - began
     watcher.cancel()
-    print(f"\n1 500 handshakes in {flooded:.2f} s")
-    assert flooded < 5.0, f"the flood took {flooded:.1f} s: longer than the connect timeout"
 
-    admitted = {s: statuses[s, 200] for s in ("127.0.0.2", "127.0.0.3", "127.0.0.4")}
+    by_address = {s: statuses[s, 200] for s in ("127.0.0.2", "127.0.0.3", "127.0.0.4")}
     assert sum(statuses.values()) == 1500
-    assert sum(admitted.values()) == 100 and max(admitted.values()) == 40, statuses
+    assert sum(by_address.values()) == 100 and max(by_address.values()) == 40, statuses
     assert set(bodies) <= {
         (429, "too many connections from your address (max 40)"),
         (503, "server full (100 connections)"),
     }
     assert bodies[503, "server full (100 connections)"] > 0
     assert peak <= 100
-    assert await on_server(server, lambda: len(server.gateway.sessions.table.by_eio)) == 100
-    # They go at the connect timeout (plus the close timeout, as a polling session that no
-    # longer polls is given); every slot comes back, and the gateway serves as before.
-    await eventually(
-        lambda: on_server(server, lambda: server.gateway.admission.open == 0), timeout=7
-    )
+    table = await on_server(server, lambda: dict(server.gateway.sessions.table.by_state))
+    assert table[State.PENDING] == 100
+
+    # Each pending session that ends gives its slot back, and the gateway serves as before.
+    for source, sid in admitted:
+        closed = await http_request(
+            server.url,
+            f"{HANDSHAKE}&sid={sid}",
+            method="POST",
+            body=b"1",
+            headers={"Content-Length": "1"},
+            source=source,
+        )
+        assert closed.status == 200
+    await eventually(lambda: on_server(server, lambda: server.gateway.admission.open == 0))
     assert await on_server(server, lambda: len(server.gateway.transport.eio.sockets)) == 0
     async with RawPolling(server.url, source="127.0.0.2") as polling:
         await polling.handshake()

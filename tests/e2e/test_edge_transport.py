@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.ops import sample, scrape
 from tests.support.process import GatewayProcess, rss_kib
-from tests.support.raw import Closed, RawPolling, SioSocket, eventually
+from tests.support.raw import Closed, RawPolling, SioSocket, eventually, http_request
 
 INTEROP = Path(__file__).parents[1] / "interop"
 SMALL = dict(max_frame_bytes=4096, max_message_bytes=4096, max_notification_bytes=1024)
@@ -72,11 +72,16 @@ async def test_a_post_over_the_limit_is_413_at_once_and_ends_the_session(polling
 
 
 async def test_a_chunked_post_is_411_and_ends_the_session(polling) -> None:
-    async def chunks() -> AsyncIterator[bytes]:
-        yield b'42["client-'
-        yield b'ping"]'
-
-    response = await polling.post(chunks())
+    # The whole chunked request in one write (an HTTP client writing chunk after chunk may
+    # find the connection closed under it once the 411 is sent).
+    body = b'b\r\n42["client-\r\n6\r\nping"]\r\n0\r\n\r\n'
+    response = await http_request(
+        polling.base.removesuffix("/socket.io/"),
+        f"/socket.io/?EIO=4&transport=polling&sid={polling.sid}",
+        method="POST",
+        body=body,
+        headers={"Transfer-Encoding": "chunked"},
+    )
     assert (response.status, response.json()) == (
         411,
         {"code": "INVALID_FORMAT", "message": "a polling POST must carry a Content-Length"},

@@ -122,21 +122,25 @@ async def read_http_response(reader: asyncio.StreamReader, *, body: bool = True)
     return Response(status, headers, content)
 
 
-async def http_get(
+async def http_request(
     url: str,
     target: str,
     *,
-    source: str | None = None,
+    method: str = "GET",
+    body: bytes = b"",
     headers: dict[str, str] | None = None,
+    source: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Response:
-    """One GET on its own connection (``Connection: close``), cheaper than an HTTP client."""
+    """One request on its own connection (``Connection: close``), written in one piece:
+    cheaper than an HTTP client, and any framing (*headers* say how *body* is framed)."""
     reader, writer = await open_stream(url, source=source)
     try:
         extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         writer.write(
-            f"GET {target} HTTP/1.1\r\nHost: {urlsplit(url).netloc}\r\n"
+            f"{method} {target} HTTP/1.1\r\nHost: {urlsplit(url).netloc}\r\n"
             f"Connection: close\r\n{extra}\r\n".encode()
+            + body
         )
         async with asyncio.timeout(timeout):
             return await read_http_response(reader)
