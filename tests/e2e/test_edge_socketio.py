@@ -468,7 +468,7 @@ _ack_ids = iter(range(1, 1 << 40))
 
 
 @settings(
-    max_examples=120,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
