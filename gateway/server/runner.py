@@ -106,8 +106,17 @@ async def serve(
         if tls:
             gateway.metrics.tls_handshakes_completed.inc()
         peer = writer.get_extra_info("peername")
-        with gateway.peers.serving((str(peer[0]), int(peer[1])), writer.transport):
-            await TCPServer(app, loop, config, context, state, reader, writer)
+        server = TCPServer(app, loop, config, context, state, reader, writer)
+        try:
+            with gateway.peers.serving((str(peer[0]), int(peer[1])), writer.transport):
+                await server
+        finally:
+            # Hypercorn's TCPServer and its protocol refer to each other (the protocol keeps
+            # the bound TCPServer.protocol_send): a cycle, holding the connection's streams,
+            # buffers and tasks, that only the cyclic collector frees, and the tuned collector
+            # (tune_garbage_collector) runs a full collection rarely. Cut, it is freed now.
+            vars(server).pop("protocol", None)
+            vars(server).pop("_task_group", None)
 
     async def listen(sock: socket.socket, tls: bool) -> asyncio.Server:
         server = await asyncio.start_server(

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -63,7 +64,8 @@ class SessionEvents(Protocol):
 
     def schedule_ping(self, socket: EngineSocket) -> None: ...
 
-    def protocol_error(self, socket: EngineSocket, problem: str) -> None: ...
+    async def protocol_error(self, socket: EngineSocket, problem: str) -> None:
+        """End *socket*'s session for *problem*; what the client is told is queued on return."""
 
 
 class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
@@ -78,11 +80,92 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
             **kwargs,
         )
         self.session_events = events
+        # Its translate_request defines a class for every request: a type object and a
+        # reference cycle per request, left for the cyclic collector.
+        self._async: dict[str, Any] = {**self._async, "translate_request": translate_request}
         install()
 
     def socket(self, eio_sid: str) -> EngineSocket | None:
         socket = self.sockets.get(eio_sid)
         return socket if isinstance(socket, EngineSocket) else None
+
+
+class _Body:
+    """The request body as python-engineio reads it (``environ['wsgi.input']``); the gate has
+    checked it and replays it whole (what python-engineio's per-request class does)."""
+
+    __slots__ = ("_event", "_payload", "_receive")
+
+    def __init__(self, event: dict[str, Any], receive: Callable[[], Any]) -> None:
+        self._event = event
+        self._receive = receive
+        self._payload: bytes | None = None
+
+    async def read(self, length: int | None = None) -> bytes:
+        if self._payload is None and self._event["type"] == "http.request":
+            self._payload = self._event.get("body") or b""
+            while self._event.get("more_body"):
+                self._event = await self._receive()
+                if self._event["type"] == "http.request" and (
+                    length is None or len(self._payload) < length
+                ):
+                    self._payload += self._event.get("body") or b""
+        payload = self._payload or b""
+        if length is None:
+            self._payload = b""
+            return payload
+        self._payload = payload[length:]
+        return payload[:length]
+
+
+async def translate_request(scope: dict[str, Any], receive: Any, send: Any) -> dict[str, Any]:
+    """``engineio.async_drivers.asgi.translate_request`` with its body class defined once."""
+    event = await receive()
+    if event["type"] not in ("http.request", "websocket.connect"):
+        return {}
+    query_string = ""
+    raw_uri = scope["path"]
+    if scope.get("query_string"):
+        with contextlib.suppress(UnicodeDecodeError):
+            query_string = scope["query_string"].decode("utf-8")
+            raw_uri += "?" + query_string
+    environ: dict[str, Any] = {
+        "wsgi.input": _Body(event, receive),
+        "wsgi.errors": sys.stderr,
+        "wsgi.version": (1, 0),
+        "wsgi.async": True,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "SERVER_SOFTWARE": "asgi",
+        "REQUEST_METHOD": scope.get("method", "GET"),
+        "PATH_INFO": scope["path"],
+        "QUERY_STRING": query_string,
+        "RAW_URI": raw_uri,
+        "SCRIPT_NAME": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "0",
+        "SERVER_NAME": "asgi",
+        "SERVER_PORT": "0",
+        "asgi.receive": receive,
+        "asgi.send": send,
+        "asgi.scope": scope,
+    }
+    for raw_name, raw_value in scope["headers"]:
+        try:
+            name, value = raw_name.upper().decode("utf-8"), raw_value.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if name == "CONTENT-TYPE":
+            environ["CONTENT_TYPE"] = value
+        elif name == "CONTENT-LENGTH":
+            environ["CONTENT_LENGTH"] = value
+        else:
+            key = "HTTP_" + name.replace("-", "_")
+            environ[key] = f"{environ[key]},{value}" if key in environ else value
+    environ["wsgi.url_scheme"] = environ.get("HTTP_X_FORWARDED_PROTO", "http")
+    return environ
 
 
 class EngineSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
@@ -138,6 +221,10 @@ class EngineSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
         for pkt in packets:
             if pkt.packet_type == packet.MESSAGE:
                 self.queued_bytes -= _size(pkt)
+        if not self.upgraded and packets[-1].packet_type == packet.CLOSE:
+            # A polling client is handed the server's CLOSE with this response: the session
+            # ends now (its next request is unknown), not when the abort deadline finds it.
+            await self.close(wait=False, abort=True, reason=self.server.reason.SERVER_DISCONNECT)
         return packets
 
     def discard_queued(self) -> None:
@@ -165,7 +252,7 @@ class EngineSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
                 self.push(packet.Packet(packet.NOOP))  # answers the pending poll, as Engine.IO does
             await self.close(wait=False, abort=True, reason=self.server.reason.CLIENT_DISCONNECT)
         else:
-            self.server.session_events.protocol_error(
+            await self.server.session_events.protocol_error(
                 self, f"unexpected packet type {packet.packet_names[kind]}"
             )
 
@@ -216,7 +303,8 @@ class EngineSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
                     break  # closed
                 try:
                     for pkt in packets:
-                        await ws.send(pkt.encode())
+                        if pkt.packet_type != packet.NOOP:  # NOOPs end polls; none over WS
+                            await ws.send(pkt.encode())
                 except Exception:
                     break
                 if packets[-1].packet_type == packet.CLOSE:
@@ -236,10 +324,13 @@ class EngineSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
             try:
                 pkt = packet.Packet(encoded_packet=data)
             except Exception:
-                self.server.session_events.protocol_error(self, "undecodable Engine.IO packet")
+                # Awaited: the goodbye is queued before the writer is told to stop.
+                await self.server.session_events.protocol_error(
+                    self, "undecodable Engine.IO packet"
+                )
                 break
             if pkt.packet_type not in CLIENT_PACKETS:
-                self.server.session_events.protocol_error(
+                await self.server.session_events.protocol_error(
                     self, f"unexpected packet type {packet.packet_names[pkt.packet_type]}"
                 )
                 break

@@ -99,7 +99,7 @@ class Gate:
         if scope["type"] == "http" and scope.get("method") == "POST":
             receive = await self._checked_body(scope, receive, send, eio_sid)
             if receive is not None:
-                await self._forward(scope, receive, send)
+                await self._forward(scope, receive, _answer_ok(send))
         elif scope["type"] == "http" and scope.get("method") == "GET":
             await self._poll(scope, receive, send, eio_sid)
         else:
@@ -221,6 +221,17 @@ class Gate:
 
 class _Disconnected(Exception):
     pass
+
+
+def _answer_ok(send: Any) -> Any:
+    """*send*, answering an accepted POST ``ok`` as Engine.IO servers do (python-engineio: OK)."""
+
+    async def answer(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message.get("body") == b"OK":
+            message = {**message, "body": b"ok"}
+        await send(message)
+
+    return answer
 
 
 async def _read_body(receive: Any, length: int) -> bytes:

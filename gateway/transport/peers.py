@@ -11,8 +11,10 @@ whose client does not leave within the close timeout.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 Peer = tuple[str, int]
 
@@ -36,6 +38,12 @@ class Peers:
         transport = self._transports.pop(peer, None) if peer is not None else None
         if transport is None:
             return False
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Without SO_LINGER 0 a close is a FIN: the kernel would go on delivering the send
+            # buffer (megabytes, for minutes) to a client that does not read. With it, a RST.
+            with suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         transport.abort()
         return True
 

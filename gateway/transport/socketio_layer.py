@@ -224,10 +224,10 @@ class SocketIOLayer:
     def schedule_ping(self, socket: EngineSocket) -> None:
         self.pings.schedule(socket)
 
-    def protocol_error(self, socket: EngineSocket, problem: str) -> None:
+    async def protocol_error(self, socket: EngineSocket, problem: str) -> None:
         client = self.sessions.table.by_eio.get(socket.sid)
         if isinstance(client, Client):
-            self.sessions.spawn(self.sessions.protocol_error(client, problem))
+            await self.sessions.protocol_error(client, problem)
 
     # -- pings.PingTarget
 

@@ -114,7 +114,7 @@ async def test_engineio_polling_still_works_through_the_wrapper(server) -> None:
     session = f"{url}&sid={handshake['sid']}"
     async with aiohttp.ClientSession() as http:
         async with http.post(session, data=b"40") as response:  # Socket.IO CONNECT
-            assert (response.status, await response.text()) == (200, "OK")
+            assert (response.status, await response.text()) == (200, "ok")
         async with http.get(session) as response:
             packets = await response.text()
     assert packets.startswith("40{")

@@ -154,11 +154,6 @@ async def test_a_second_connect_ends_the_session_and_the_engineio_session_is_gon
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: a polling session the server closed lingers in CLOSING until "
-    "close_timeout after its CLOSE was delivered; requests with its sid are still served",
-)
 async def test_a_polling_session_is_gone_once_its_close_is_delivered(server) -> None:
     async with RawPolling(server.url) as polling:  # close_timeout: the default 5 s
         await polling.handshake()
@@ -172,11 +167,6 @@ async def test_a_polling_session_is_gone_once_its_close_is_delivered(server) -> 
         assert again.json() == UNKNOWN_SESSION
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: a client DISCONNECT (41) ends the Engine.IO session too; the "
-    "reference server keeps it, and a CONNECT (40) on it starts a new Socket.IO session",
-)
 async def test_disconnect_then_connect_again_on_the_same_engineio_session(
     server, clients, sockets
 ) -> None:
@@ -329,7 +319,8 @@ async def test_a_store_failing_at_disconnect_still_frees_everything_else(
     store_server, sockets, caplog, failure
 ) -> None:
     caplog.set_level(logging.WARNING, logger="wshub.sessions")
-    server, store = store_server(heartbeat_interval=60)
+    # No recovery: the session ends (and its store entry is removed) when its transport goes.
+    server, store = store_server(heartbeat_interval=60, recovery_window=0)
     sock = await raw(server.url, sockets)
     await sock.connect()
     await sock.emit("system:typingStart", {"target": "nobody"})

@@ -175,11 +175,6 @@ async def test_an_invalid_websocket_packet_ends_the_session(server, caplog, fram
     await sock.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: an invalid Engine.IO packet over WebSocket closes the socket before "
-    "the system:disconnect notice, the DISCONNECT and the CLOSE are written (polling gets them)",
-)
 async def test_an_invalid_websocket_packet_is_told_like_a_polling_one(server) -> None:
     sock = await SioSocket.open(server.url)
     await sock.connect()
@@ -191,21 +186,11 @@ async def test_an_invalid_websocket_packet_is_told_like_a_polling_one(server) ->
     assert sock.packets[-1] == "1" and sock.engineio == ["1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: an accepted polling POST is answered 'OK' (python-engineio's body); "
-    "Engine.IO servers answer 'ok', and the official suite checks it",
-)
 async def test_an_accepted_post_is_answered_ok(polling) -> None:
     response = await polling.post('42["client-ping"]')
     assert (response.status, response.body) == (200, b"ok")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: the NOOP queued after the upgrade probe, to end a poll, goes out on "
-    "the WebSocket when no poll was waiting",
-)
 async def test_an_upgraded_websocket_carries_no_leftover_noop(server) -> None:
     async with RawPolling(server.url) as polling:
         await polling.handshake()
@@ -362,11 +347,6 @@ async def test_a_stalled_reader_is_cut_and_memory_stays_bounded() -> None:
         gateway.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: Peers.abort closes the socket without SO_LINGER 0, so no RST is sent "
-    "and the kernel keeps delivering the dropped slow consumer's send buffer (MBs), then a FIN",
-)
 async def test_a_dropped_slow_consumer_gets_a_reset_not_its_backlog(server_factory) -> None:
     server = server_factory(rate_limit=100_000, rate_limit_burst=100_000)
     sender = await SioSocket.open(server.url)
@@ -410,12 +390,6 @@ def _ours(obj: object) -> str | None:
     return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug (issue 11): every connection leaves reference cycles (Hypercorn's "
-    "TCPServer <-> protocol, python-engineio's per-request AwaitablePayload class) that only a "
-    "full collection frees, and the tuned collector runs one rarely: RSS grows per cycle",
-)
 async def test_a_closed_connection_leaves_no_cyclic_garbage(server) -> None:
     gc.collect()
     gc.disable()
