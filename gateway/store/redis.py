@@ -59,6 +59,8 @@ from redis.exceptions import (
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -92,6 +94,18 @@ _UNAVAILABLE: Final = (
     TryAgainError,
     MasterDownError,
 )
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether *exc* means Redis cannot serve us now (rather than a bug in a command)."""
+    if isinstance(exc, (*_UNAVAILABLE, SlotNotCoveredError)):
+        return True
+    # redis-py's cluster client reports "none of the nodes answers" (when it reloads the slot
+    # map: at the first command, and after a node stopped answering) as a bare
+    # RedisClusterException, which it also raises for misuse (keys in several slots); only its
+    # cause tells an outage apart.
+    return isinstance(exc, RedisClusterException) and isinstance(exc.__cause__, _UNAVAILABLE)
+
 
 # Connections handled per script call or pipeline round trip: large enough to be quick, small
 # enough that one script never blocks Redis for long.
@@ -735,7 +749,9 @@ class RedisStore:
         """Turn "Redis cannot serve us" into :class:`StoreUnavailable` and mark the node."""
         try:
             yield
-        except _UNAVAILABLE as exc:
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
             if self._reachable:
                 log.warning(
                     "Redis unavailable (%s); node %s will restore when it returns",

@@ -16,12 +16,16 @@ URL                                                       topology
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -118,13 +122,68 @@ def connect(
         )
         master: aioredis.Redis = sentinel.master_for(target.service)
         return master
-    return RedisCluster(
+    return QueuedRedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
-        max_connections=pool_size,
+        # A few more than may be in use at once: reloading the slot map takes one too.
+        max_connections=pool_size + _SPARE_CONNECTIONS,
+        permits=pool_size,
         retry=Retry(NoBackoff(), 1),
         **common,
         **options,
     )
+
+
+_SPARE_CONNECTIONS = 4
+# Set while a task runs a command under a permit, so that what that command runs in turn (a
+# pipeline resends a redirected command on its own) does not wait for a second one.
+_permitted: ContextVar[bool] = ContextVar("wshub_redis_permitted", default=False)
+
+
+class QueuedRedisCluster(RedisCluster):
+    """A cluster client whose callers queue for a connection, as a single Redis's blocking pool
+    makes them do.
+
+    redis-py's cluster client has no blocking pool: past ``max_connections`` to a node a command
+    fails at once with MaxConnectionsError (and a pipeline that meets it closes every connection
+    of the client before it retries), so a burst of a few dozen simultaneous events would fail
+    as "unavailable". At most *permits* commands or pipelines run at once here; each holds at
+    most one connection per node, so the per-node limit is never reached.
+    """
+
+    def __init__(self, *args: Any, permits: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._permits = asyncio.Semaphore(permits)
+
+    @asynccontextmanager
+    async def permit(self) -> AsyncIterator[None]:
+        if _permitted.get():
+            yield
+            return
+        async with self._permits:
+            token = _permitted.set(True)
+            try:
+                yield
+            finally:
+                _permitted.reset(token)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.permit():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
+        if shard_hint:  # what the base class refuses, refused the same way
+            return super().pipeline(transaction, shard_hint)
+        # (redis-py's typing marks an attribute abstract that its own ClusterPipeline, made the
+        # same way by the base class, never defines.)
+        return _QueuedPipeline(self, transaction)  # type: ignore[abstract]
+
+
+class _QueuedPipeline(ClusterPipeline):
+    cluster_client: QueuedRedisCluster
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        async with self.cluster_client.permit():
+            return await super().execute(raise_on_error, allow_redirections)
 
 
 def _host_port(item: str) -> tuple[str, int]:
