@@ -1,7 +1,8 @@
 """The Redis presence store against a real Redis: one node, several nodes, dead nodes, outages.
 
-Every test works under its own key prefix and deletes it afterwards, so tests never see each
-other's keys and the Redis can be shared. ``WSHUB_TEST_REDIS_URL`` points them elsewhere.
+Every test runs on a single Redis and on a Redis Cluster (the ``topology`` fixture), works
+under its own key prefix and deletes it afterwards, so tests never see each other's keys and
+the Redis can be shared. ``WSHUB_TEST_REDIS_URL`` points the single-Redis runs elsewhere.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-import redis.asyncio as aioredis
 
 from gateway.store.base import StoreUnavailable, UsernameTaken
 from gateway.store.redis import RedisStore
+from gateway.store.redis_topology import AnyRedis
+from tests.support.redis_cluster import ClusterNode
+from tests.support.topologies import Topology
 from tests.unit.store.conftest import (
     LEASE,
     REAP_BOUND,
-    REDIS_URL,
     T0,
     T1,
     StoreFactory,
@@ -114,7 +116,7 @@ async def test_concurrent_claims_of_one_name_have_one_winner(make_store: StoreFa
 
 
 async def test_close_removes_the_nodes_connections(
-    make_store: StoreFactory, redis: aioredis.Redis, prefix: str
+    make_store: StoreFactory, redis: AnyRedis, prefix: str
 ) -> None:
     n1, n2 = await make_store("n1"), await make_store("n2")
     await n1.connect("a", T0)
@@ -132,16 +134,6 @@ async def test_close_removes_the_nodes_connections(
 NODE_PROCESS = """
 import asyncio, sys
 from gateway.store.redis import RedisStore
-from tests.unit.store.conftest import (
-    LEASE,
-    REAP_BOUND,
-    REDIS_URL,
-    T0,
-    T1,
-    StoreFactory,
-    eventually,
-    wipe,
-)
 
 async def main(url, prefix, node_id, lease):
     store = RedisStore(url, node_id=node_id, prefix=prefix, lease_seconds=float(lease))
@@ -156,14 +148,16 @@ asyncio.run(main(*sys.argv[1:]))
 
 
 @contextlib.asynccontextmanager
-async def node_process(prefix: str, node_id: str) -> AsyncIterator[asyncio.subprocess.Process]:
+async def node_process(
+    topology: Topology, prefix: str, node_id: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """Another process holding connection "doomed" as "dora"; killed (SIGKILL) at the latest
     when the block ends."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         NODE_PROCESS,
-        REDIS_URL,
+        topology.url,
         prefix,
         node_id,
         str(LEASE),
@@ -181,11 +175,11 @@ async def node_process(prefix: str, node_id: str) -> AsyncIterator[asyncio.subpr
 
 
 async def test_a_killed_node_is_reaped_within_the_lease(
-    make_store: StoreFactory, prefix: str
+    make_store: StoreFactory, topology: Topology, prefix: str
 ) -> None:
     survivor = await make_store("survivor")
     await survivor.connect("b", T0)
-    async with node_process(prefix, "victim") as victim:
+    async with node_process(topology, prefix, "victim") as victim:
         assert await holders(survivor, "dora") == ["doomed"]
         assert await follower_sids(survivor, "bob") == ["doomed"]
         victim.kill()
@@ -205,9 +199,9 @@ async def test_a_killed_node_is_reaped_within_the_lease(
 
 
 async def test_a_restarted_node_drops_what_its_predecessor_left(
-    make_store: StoreFactory, prefix: str
+    make_store: StoreFactory, topology: Topology, prefix: str
 ) -> None:
-    async with node_process(prefix, "n1"):
+    async with node_process(topology, prefix, "n1"):
         pass  # killed before it could clean up, its lease still running
     other = await make_store("n2")
     assert await holders(other, "dora") == ["doomed"]
@@ -219,8 +213,15 @@ async def test_a_restarted_node_drops_what_its_predecessor_left(
 # -- Redis unavailable ----------------------------------------------------------------------
 
 
-async def test_unreachable_redis_raises_store_unavailable(prefix: str) -> None:
-    store = RedisStore("redis://127.0.0.1:1/0", node_id="n1", prefix=prefix, timeout=1)
+NOWHERE = {
+    "single": "redis://127.0.0.1:1/0",
+    "cluster": "redis+cluster://127.0.0.1:1",
+    "sentinel": "redis+sentinel://127.0.0.1:1/0/wshub",
+}
+
+
+async def test_unreachable_redis_raises_store_unavailable(topology: Topology, prefix: str) -> None:
+    store = RedisStore(NOWHERE[topology.name], node_id="n1", prefix=prefix, timeout=1)
     calls: list[Callable[[], Awaitable[Any]]] = [
         store.start,
         store.ping,
@@ -284,25 +285,70 @@ class Proxy:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
+class Outage:
+    """Redis goes away and comes back empty: through a relay that is cut (one Redis), or by
+    killing the cluster master that serves the store's slot and restarting it."""
+
+    def __init__(self, topology: Topology, redis: AnyRedis, prefix: str) -> None:
+        self._topology = topology
+        self._redis = redis
+        self._prefix = prefix
+        self._proxy = Proxy(topology.url) if topology.cluster is None else None
+        self._killed: ClusterNode | None = None
+
+    async def start(self) -> str:
+        """The URL the store should use."""
+        if self._proxy is None:
+            return self._topology.url
+        await self._proxy.start()
+        return self._proxy.url
+
+    async def cut(self) -> None:
+        if self._proxy is not None:
+            await self._proxy.stop()
+            return
+        cluster = self._topology.cluster
+        assert cluster is not None
+        self._killed = cluster.owner_of(tagged(self._prefix))
+        await asyncio.to_thread(cluster.kill, self._killed)
+
+    async def mend(self) -> None:
+        if self._proxy is not None:
+            await wipe(self._redis, self._prefix)  # what a restart without persistence leaves
+            await self._proxy.start()
+            return
+        cluster = self._topology.cluster
+        assert cluster is not None and self._killed is not None
+        await asyncio.to_thread(cluster.restart, self._killed)  # no persistence: empty
+
+    async def close(self) -> None:
+        if self._proxy is not None:
+            await self._proxy.stop()
+
+
+@pytest.fixture
+async def outage(topology: Topology, redis: AnyRedis, prefix: str) -> AsyncIterator[Outage]:
+    made = Outage(topology, redis, prefix)
+    yield made
+    await made.close()
+
+
 async def test_outage_then_empty_restart_restores_the_node(
-    make_store: StoreFactory, redis: aioredis.Redis, prefix: str
+    make_store: StoreFactory, outage: Outage
 ) -> None:
-    proxy = Proxy(REDIS_URL)
-    await proxy.start()
-    store = await make_store("n1", url=proxy.url, timeout=1)
+    store = await make_store("n1", url=await outage.start(), timeout=1)
     await store.connect("a", T0)
     await store.save("a", "alice", {"following": ["bob"], "profile": {"x": 1}})
     assert store.healthy
 
-    await proxy.stop()
+    await outage.cut()
     with pytest.raises(StoreUnavailable):
         await store.ping()
     assert not store.healthy
     with pytest.raises(StoreUnavailable):
         await store.connect("b", T1)
-    await wipe(redis, prefix)  # Redis comes back empty
 
-    await proxy.start()
+    await outage.mend()
 
     async def healthy() -> bool:
         return store.healthy
@@ -315,12 +361,11 @@ async def test_outage_then_empty_restart_restores_the_node(
     assert [p.sid for p in await store.clients()] == ["a"]  # "b" was never accepted
     counts = await store.counts()
     assert (counts.active, counts.total) == (1, 1)
-    await proxy.stop()
 
 
 async def test_restore_after_a_wipe_keeps_names_claimed_meanwhile(
     make_store: StoreFactory,
-    redis: aioredis.Redis,
+    redis: AnyRedis,
     prefix: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
