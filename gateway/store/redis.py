@@ -76,7 +76,7 @@ from .base import (
     StoreUnavailable,
     UsernameTaken,
 )
-from .redis_topology import AnyRedis, RedisTarget, connect, parse
+from .redis_topology import AnyRedis, RedisTarget, connect, parse, reraise_lost_cancellation
 
 log = logging.getLogger("wshub.store")
 
@@ -746,7 +746,8 @@ class RedisStore:
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
-        """Turn "Redis cannot serve us" into :class:`StoreUnavailable` and mark the node."""
+        """Turn "Redis cannot serve us" into :class:`StoreUnavailable` and mark the node; end a
+        task whose cancellation redis-py swallowed meanwhile."""
         try:
             yield
         except Exception as exc:
@@ -760,6 +761,7 @@ class RedisStore:
                 )
             self._reachable = False
             raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
+        reraise_lost_cancellation()
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[None]:
