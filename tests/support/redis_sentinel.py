@@ -173,7 +173,11 @@ class RedisSentinelServer:
             except (redis.RedisError, ValueError, TypeError):
                 pass  # not up yet, or no answer to GET-MASTER-ADDR-BY-NAME yet
             time.sleep(0.02)
-        raise RuntimeError(f"Redis Sentinel setup: timed out waiting for {what}")
+        log = (self.directory / "sentinel.log").read_text(errors="replace").splitlines()
+        raise RuntimeError(
+            f"Redis Sentinel setup: timed out waiting for {what}; the Sentinel's last words:\n"
+            + "\n".join(log[-15:])
+        )
 
 
 def _fields(reply: object) -> dict[str, str]:

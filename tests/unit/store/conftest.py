@@ -52,9 +52,8 @@ async def make_store(topology: Topology, prefix: str) -> AsyncIterator[StoreFact
     stores: list[RedisStore] = []
 
     async def make(node_id: str, *, url: str | None = None, **kw: Any) -> RedisStore:
-        store = RedisStore(
-            url or topology.url, node_id=node_id, prefix=prefix, lease_seconds=LEASE, **kw
-        )
+        kw.setdefault("lease_seconds", LEASE)
+        store = RedisStore(url or topology.url, node_id=node_id, prefix=prefix, **kw)
         stores.append(store)
         await store.start()
         return store

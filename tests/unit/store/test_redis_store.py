@@ -21,6 +21,7 @@ import pytest
 from gateway.store.base import StoreUnavailable, UsernameTaken
 from gateway.store.redis import RedisStore
 from gateway.store.redis_topology import AnyRedis
+from tests.support import topologies
 from tests.support.redis_cluster import ClusterNode
 from tests.support.topologies import Topology
 from tests.unit.store.conftest import (
@@ -409,3 +410,45 @@ async def test_a_burst_of_disconnects_waits_for_the_pool(make_store: StoreFactor
     gone = await asyncio.gather(*(store.disconnect(sid) for sid in sids))
     assert all(presence is not None for presence in gone)
     assert (await store.counts()).active == 0
+
+
+@pytest.mark.parametrize("topology", topologies.params("sentinel"), indirect=True)
+async def test_writes_lost_in_a_failover_are_restored(
+    topology: Topology,
+    make_store: StoreFactory,
+    redis: AnyRedis,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Sentinel failover: the store's open connections still write to the old primary until
+    it is made a replica, which discards those writes. The node notices at its next tick."""
+    sentinel = topology.sentinel
+    assert sentinel is not None
+    n1 = await make_store("n1", lease_seconds=3 * LEASE)  # a tick a second
+    await n1.connect("a", T0)
+    await n1.save("a", "alice", {"following": ["carol"]})
+    # Replicated before the failover (the stream is in order: WAIT for a write made after).
+    await redis.set(f"{tagged(prefix)}mark", "1")
+    assert await redis.execute_command("WAIT", 1, 5000) == 1
+    new = await asyncio.to_thread(sentinel.promote)
+    # n1's lease must not lapse on the new primary meanwhile (its renewals go to the old one):
+    # the lost writes alone must be what brings it to restore.
+    lease = f"{tagged(prefix)}node:n1"
+    await redis.set(lease, await redis.get(lease) or "", px=60_000)
+    await n1.connect("b", T1)  # on a connection to the old primary
+    await n1.save("b", "bob", {})
+    await asyncio.to_thread(sentinel.demote, new)
+    n2 = await make_store("n2")  # connects to the new primary
+
+    async def restored() -> bool:
+        return await holders(n2, "bob") == ["b"]
+
+    with caplog.at_level(logging.WARNING, logger="wshub.store"):
+        await eventually(restored, timeout=1.5 * LEASE)  # (n1 may have restored already)
+    assert "Redis lost 2 of node n1's writes" in caplog.text
+    assert "lost its lease" not in caplog.text
+    assert await holders(n2, "alice") == ["a"] and await follower_sids(n2, "carol") == ["a"]
+    assert [p.sid for p in await n2.clients()] == ["a", "b"]
+    await n2.connect("c", T1)
+    with pytest.raises(UsernameTaken):
+        await n2.save("c", "bob", {})
