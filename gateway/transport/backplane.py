@@ -136,10 +136,22 @@ class Backplane:
     # -- lifecycle
 
     async def start(self) -> None:
-        """Subscribe, and wait (up to the probe timeout) until both subscriptions are in place."""
+        """Subscribe, and wait (up to the probe timeout) until both subscriptions are in place.
+
+        A subscription that takes longer does not fail the start (a loaded machine made a
+        gateway exit at startup when its cluster subscription took over 0.5 s): the listeners
+        keep trying, and the node stays unready (``healthy`` is False) until a probe hears
+        both channels.
+        """
         for channel in (self.own_channel, self.broadcast_channel):
             self._spawn_listener(channel)
-        await self._wait_subscribed()
+        try:
+            await self._wait_subscribed()
+        except TimeoutError:
+            log.warning(
+                "backplane not subscribed within %.1f s; unready until a probe hears it",
+                self._probe_timeout,
+            )
 
     async def stop(self) -> None:
         tasks = [*self._listeners.values(), *self._work]

@@ -1,6 +1,8 @@
 """Nothing lost, nothing misrouted, when the hub's routing changes: nodes join and die, a
 subscription goes deaf, Redis (or the shard holding a channel) goes away, a channel's slot
-moves. Real gateway processes on each Redis topology; lease 1 s, probe every 0.3 s.
+moves. Real gateways on each Redis topology, lease 1 s, probe every 0.3 s: processes where a
+test sends them signals, gateways in this process (each on its own loop and port, started in
+a fraction of the time) elsewhere.
 
 A direct message is acknowledged ``success`` only when a node took it for its recipient;
 otherwise the sender hears ``TARGET_NOT_FOUND`` (nobody holds the name) or ``UNAVAILABLE``
@@ -11,17 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from gateway.transport.backplane import Backplane
 from tests.support import topologies
 from tests.support.client import Client, Clients
-from tests.support.hub import Hub, ready
-from tests.support.process import GatewayProcess
+from tests.support.hub import Hub, Node, backplane_of, ready
 from tests.support.redis_cluster import ClusterNode, RedisClusterServer
 from tests.support.redis_proxy import DeafeningProxy
 from tests.support.redis_server import RedisServer
@@ -41,10 +40,22 @@ def topology(request: pytest.FixtureRequest) -> Topology:
 
 
 @pytest.fixture
-def hub(topology: Topology) -> Iterator[Hub]:
-    made = Hub(topology)
+def hub(topology: Topology, server_factory: Callable[..., LiveServer]) -> Iterator[Hub]:
+    made = Hub(topology, local=server_factory)
     yield made
     made.stop()
+
+
+@pytest.fixture
+def relay(topology: Topology) -> Iterator[DeafeningProxy | None]:
+    """On a single Redis, a relay that can silence subscriptions. Asked for before ``hub``,
+    so that it stops after the gateways that use it."""
+    if topology.cluster is not None:
+        yield None
+        return
+    proxy = DeafeningProxy(6379).start()
+    yield proxy
+    proxy.stop()
 
 
 async def direct(sender: Client, target: str, **fields: Any) -> str:
@@ -59,12 +70,12 @@ async def direct(sender: Client, target: str, **fields: Any) -> str:
     raise AssertionError(f"unexpected acknowledgement {reply}")
 
 
-async def status(node: GatewayProcess) -> int:
+async def status(node: Node) -> int:
     """The node's /ready status (off the loop: the test may be serving its Redis relay)."""
     return (await asyncio.to_thread(ready, node))[0]
 
 
-async def becomes(node: GatewayProcess, code: int, timeout: float = 5) -> None:
+async def becomes(node: Node, code: int, timeout: float = 5) -> None:
     async def reached() -> bool:
         return await status(node) == code
 
@@ -95,10 +106,10 @@ def _slot(cluster: RedisClusterServer, channel: str) -> int:
 
 
 async def test_a_node_that_joins_is_reached(hub: Hub, clients: Clients) -> None:
-    first, second = hub.start(2)
+    first, second = hub.start_local(2)
     a = await clients.connect(first.url, "alice")
     b = await clients.connect(second.url, "bob")
-    (third,) = hub.start(1)
+    (third,) = hub.start_local(1)
     c = await clients.connect(third.url, "carol")
     assert hub.topology.subscribers(hub.channel(third)) == 1
     assert hub.topology.subscribers(hub.broadcast_channel) == 3
@@ -170,7 +181,7 @@ async def test_a_stalled_node_is_reaped_then_restores_itself(hub: Hub, clients: 
 async def test_names_stay_unique_under_concurrent_claims_across_nodes(
     hub: Hub, clients: Clients
 ) -> None:
-    nodes = hub.start(3)
+    nodes = hub.start_local(3)
     claimants = [await clients.connect(node.url) for node in nodes for _ in range(4)]
     await asyncio.gather(*(c.emit("system:setData", {"username": "highlander"}) for c in claimants))
     replies = [await c.expect("system:dataSet") for c in claimants]
@@ -186,30 +197,24 @@ async def test_names_stay_unique_under_concurrent_claims_across_nodes(
 
 
 async def test_ready_is_503_while_a_nodes_subscription_is_deaf(
-    topology: Topology, hub: Hub, clients: Clients
+    topology: Topology, relay: DeafeningProxy | None, hub: Hub, clients: Clients
 ) -> None:
-    if topology.cluster is None:
+    if relay is not None:
         # The deaf node reaches Redis through a relay that silences its subscriptions.
-        proxy = DeafeningProxy(6379).start()
-        try:
-            await _deaf_through_a_relay(hub, clients, proxy)
-        finally:
-            hub.stop()
-            proxy.stop()
+        await _deaf_through_a_relay(hub, clients, relay)
         return
     # On a cluster: the master serving the deaf node's channel dies.
-    hearing, deaf = hub.start(2)
+    assert topology.cluster is not None
+    hearing, deaf = hub.start_local(2)
     a = await clients.connect(hearing.url, "alice")
     b = await clients.connect(deaf.url, "bob")
+    channel = hub.channel(deaf)
     victim = a_victim(
-        topology.cluster,
-        hub,
-        onto=[hub.channel(deaf)],
-        away=[hub.channel(hearing), hub.broadcast_channel],
+        topology.cluster, hub, onto=[channel], away=[hub.channel(hearing), hub.broadcast_channel]
     )
 
     async def resubscribed() -> bool:
-        return topology.subscribers(hub.channel(deaf)) == 1
+        return topology.subscribers(channel) == 1
 
     await wait_until(resubscribed, timeout=5)
     await asyncio.to_thread(topology.cluster.kill, victim)
@@ -226,8 +231,8 @@ async def test_ready_is_503_while_a_nodes_subscription_is_deaf(
 
 
 async def _deaf_through_a_relay(hub: Hub, clients: Clients, proxy: DeafeningProxy) -> None:
-    (hearing,) = hub.start(1)
-    (deaf,) = hub.start(1, url=proxy.url)
+    (hearing,) = hub.start_local(1)
+    (deaf,) = hub.start_local(1, url=proxy.url)
     a = await clients.connect(hearing.url, "alice")
     b = await clients.connect(deaf.url, "bob")
     assert await direct(a, "bob", text="before") == "ok"
@@ -235,7 +240,6 @@ async def _deaf_through_a_relay(hub: Hub, clients: Clients, proxy: DeafeningProx
 
     proxy.deafen()
     await becomes(deaf, 503)
-    assert proxy.deaf_subscribers() >= 1
     assert await status(hearing) == 200
     proxy.hear()
     await becomes(deaf, 200)
@@ -251,12 +255,15 @@ async def _deaf_through_a_relay(hub: Hub, clients: Clients, proxy: DeafeningProx
 
 
 async def test_failed_publishes_deliver_nothing_and_a_retry_delivers_once(
-    topology: Topology, clients: Clients
+    topology: Topology, server_factory: Callable[..., LiveServer], clients: Clients
 ) -> None:
     private = RedisServer().start() if topology.cluster is None else None
-    hub = Hub(Topology("single", private.url) if private is not None else topology)
+    hub = Hub(
+        Topology("single", private.url) if private is not None else topology,
+        local=server_factory,
+    )
     try:
-        sender_node, other_node = hub.start(2)
+        sender_node, other_node = hub.start_local(2)
         a = await clients.connect(sender_node.url, "alice")
         neighbour = await clients.connect(sender_node.url, "anna")
         b = await clients.connect(other_node.url, "bob")
@@ -300,7 +307,6 @@ async def test_failed_publishes_deliver_nothing_and_a_retry_delivers_once(
         await b.expect_none("system:direct", within=0)
     finally:
         await clients.close_all()
-        hub.stop()
         if private is not None:
             private.kill()
 
@@ -310,13 +316,17 @@ async def test_failed_publishes_deliver_nothing_and_a_retry_delivers_once(
 
 @pytest.mark.parametrize("topology", topologies.params("cluster"), indirect=True)
 async def test_a_slot_move_during_traffic_loses_nothing_acknowledged(
-    topology: Topology, clients: Clients
+    topology: Topology, server_factory: Callable[..., LiveServer], clients: Clients
 ) -> None:
     cluster = topology.cluster
     assert cluster is not None
-    hub = Hub(topology, extra={"WSHUB_RATE_LIMIT": "1000", "WSHUB_RATE_LIMIT_BURST": "1000"})
+    hub = Hub(
+        topology,
+        extra={"WSHUB_RATE_LIMIT": "1000", "WSHUB_RATE_LIMIT_BURST": "1000"},
+        local=server_factory,
+    )
     try:
-        sender_node, receiver_node = hub.start(2)
+        sender_node, receiver_node = hub.start_local(2)
         a = await clients.connect(sender_node.url, "alice")
         b = await clients.connect(receiver_node.url, "bob")
         channel = hub.channel(receiver_node)
@@ -352,7 +362,6 @@ async def test_a_slot_move_during_traffic_loses_nothing_acknowledged(
         assert await status(receiver_node) == 200
     finally:
         await clients.close_all()
-        hub.stop()
 
 
 def _settled(outcomes: dict[int, str]) -> bool:
@@ -362,11 +371,6 @@ def _settled(outcomes: dict[int, str]) -> bool:
 
 
 # -- targeted routing ---------------------------------------------------------------------
-
-
-def backplane_of(server: LiveServer) -> Backplane:
-    assert server.gateway is not None and server.gateway.backplane is not None
-    return server.gateway.backplane
 
 
 def frames(server: LiveServer) -> dict[str, float]:
@@ -380,22 +384,12 @@ def frames(server: LiveServer) -> dict[str, float]:
 
 
 async def test_direct_messages_are_decoded_by_their_node_only(
-    topology: Topology, server_factory: Callable[..., LiveServer], clients: Clients
+    topology: Topology, hub: Hub, clients: Clients
 ) -> None:
-    """Three nodes (in this process, to read their counters): A's messages to B's client are
-    decoded by B, never by C; each node listens on its own channel and the broadcast one."""
-    prefix = f"wshub-route-{uuid.uuid4().hex[:8]}:"
-    a, b, c = (
-        server_factory(
-            backend="redis",
-            redis_url=topology.url,
-            redis_prefix=prefix,
-            redis_lease_seconds=LEASE,
-            backplane_probe_interval=0.3,
-            backplane_probe_timeout=0.5,
-        )
-        for _ in range(3)
-    )
+    """Three nodes: A's messages to B's client are decoded by B, never by C; each node listens
+    on its own channel and on the broadcast one, and on nothing else."""
+    prefix = hub.prefix
+    a, b, c = hub.start_local(3)
     alice = await clients.connect(a.url, "alice")
     bob = await clients.connect(b.url, "bob")
     await clients.connect(c.url, "carol")
@@ -437,7 +431,7 @@ async def test_a_sentinel_failover_is_followed_and_lost_writes_restored(
 ) -> None:
     sentinel = topology.sentinel
     assert sentinel is not None
-    first, second = hub.start(2)
+    first, second = hub.start_local(2)
     a = await clients.connect(first.url, "alice")
     b = await clients.connect(second.url, "bob")
     new = await asyncio.to_thread(sentinel.promote)

@@ -65,14 +65,6 @@ class DeafeningProxy:
     def hear(self) -> None:
         self._run(self._set_deaf(False))
 
-    def deaf_subscribers(self) -> int:
-        """How many subscribed connections are being held silent."""
-
-        async def count() -> int:
-            return sum(1 for link in self._links if link.subscriber and not link.flowing.is_set())
-
-        return self._run(count())
-
     # -- internals (on the proxy's loop)
 
     def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
