@@ -25,7 +25,7 @@ T1 = "2026-01-01T00:00:01.000Z"
 StoreFactory = Callable[..., Awaitable[RedisStore]]
 
 
-@pytest.fixture(params=topologies.params("single", "cluster"))
+@pytest.fixture(params=topologies.params("single", "cluster", "sentinel"))
 def topology(request: pytest.FixtureRequest) -> Topology:
     return topologies.resolve(request, request.param)
 
