@@ -47,6 +47,8 @@ import orjson
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from ..store.base import StoreUnavailable
 from ..store.redis import POOL_SIZE
@@ -336,6 +338,10 @@ class Backplane:
             port=int(owner.port),
             ssl=bool(self._target.options.get("ssl")),
             socket_connect_timeout=self._probe_timeout,
+            # One immediate retry, as on the other topologies: redis-py's default (ten, with
+            # backoff up to 1 s each) keeps a listener reconnecting to a dead master for
+            # seconds before this loop can look for the slot's new owner.
+            retry=Retry(NoBackoff(), 1),
             **auth,
         )
         pubsub = connection.pubsub()
