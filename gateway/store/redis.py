@@ -84,7 +84,7 @@ from .base import (
     StoreUnavailable,
     UsernameTaken,
 )
-from .redis_topology import AnyRedis, RedisTarget, connect, parse, reraise_lost_cancellation
+from .redis_topology import AnyRedis, RedisTarget, cancellation_kept, connect, parse
 
 log = logging.getLogger("wshub.store")
 
@@ -802,7 +802,8 @@ class RedisStore:
         """Turn "Redis cannot serve us" into :class:`StoreUnavailable` and mark the node; end a
         task whose cancellation redis-py swallowed meanwhile."""
         try:
-            yield
+            with cancellation_kept():
+                yield
         except Exception as exc:
             if not unavailable(exc):
                 raise
@@ -814,7 +815,6 @@ class RedisStore:
                 )
             self._reachable = False
             raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
-        reraise_lost_cancellation()
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[None]:

@@ -52,7 +52,7 @@ from redis.backoff import NoBackoff
 
 from ..store.base import StoreUnavailable
 from ..store.redis import POOL_SIZE
-from ..store.redis_topology import AnyRedis, RedisTarget, connect, reraise_lost_cancellation
+from ..store.redis_topology import AnyRedis, RedisTarget, cancellation_kept, connect
 
 log = logging.getLogger("wshub.backplane")
 
@@ -261,14 +261,14 @@ class Backplane:
 
     async def _publish(self, channel: str, frame: bytes) -> int:
         try:
-            if self._target.sharded:
-                taken = await self._redis.execute_command("SPUBLISH", channel, frame)
-            else:
-                taken = await self._redis.publish(channel, frame)
+            with cancellation_kept():
+                if self._target.sharded:
+                    taken = await self._redis.execute_command("SPUBLISH", channel, frame)
+                else:
+                    taken = await self._redis.publish(channel, frame)
         except Exception as exc:  # redis-py raises many kinds; all mean "not sent"
             self.healthy = False
             raise BackplaneUnavailable(f"cannot publish to Redis: {exc}") from exc
-        reraise_lost_cancellation()
         return int(taken)
 
     # -- receiving
@@ -285,8 +285,8 @@ class Backplane:
         while True:
             pubsub: Any = None
             try:
-                pubsub = await self._subscribe(channel)
-                reraise_lost_cancellation()
+                with cancellation_kept():
+                    pubsub = await self._subscribe(channel)
                 subscribed.set()
                 failures = 0
                 while True:

@@ -458,3 +458,45 @@ async def test_writes_lost_in_a_failover_are_restored(
     await n2.connect("c", T1)
     with pytest.raises(UsernameTaken):
         await n2.save("c", "bob", {})
+
+
+async def test_a_cancelled_task_stops_at_its_next_redis_call(make_store: StoreFactory) -> None:
+    """redis-py (asyncio.wait_for on Python 3.11) swallows a cancellation that arrives as a
+    command is sent; the store raises it again, so a loop around it ends when told."""
+    store = await make_store("n1")
+
+    async def poll() -> None:
+        while True:
+            await store.counts()
+
+    for n in range(30):
+        task = asyncio.ensure_future(poll())
+        await asyncio.sleep(n / 3000)  # somewhere in the first 10 ms: mostly mid-command
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)
+        assert task in done and task.cancelled(), f"cancellation {n} was lost"
+
+
+async def test_cleanup_after_a_cancellation_may_still_use_the_store(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store("n1")
+    await store.connect("a", T0)
+    await store.connect("b", T0)
+    entered = asyncio.Event()
+
+    async def serve_then_clean_up() -> None:
+        try:
+            entered.set()
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await store.disconnect("a")  # a cancellation received is not a lost one
+            await store.disconnect("b")
+            raise
+
+    task = asyncio.ensure_future(serve_then_clean_up())
+    await entered.wait()
+    task.cancel()
+    await asyncio.wait({task}, timeout=2)
+    assert task.cancelled()
+    assert (await store.counts()).active == 0
