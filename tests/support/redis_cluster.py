@@ -62,6 +62,13 @@ class RedisClusterServer:
         return [node.port for node in self.nodes]
 
     def start(self) -> RedisClusterServer:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # no server left behind by a start that failed
+            raise
+
+    def _start(self) -> RedisClusterServer:
         began = time.monotonic()
         # The bus port is set explicitly: port + 10000, the default, may be taken or past 65535.
         self.nodes = [ClusterNode(free_port(), free_port()) for _ in range(MASTERS)]

@@ -36,6 +36,13 @@ class RedisSentinelServer:
         return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/0/{SERVICE}"
 
     def start(self) -> RedisSentinelServer:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # no server left behind by a start that failed
+            raise
+
+    def _start(self) -> RedisSentinelServer:
         self.ports = [free_port(), free_port()]
         self.sentinel_port = free_port()
         primary, replica = self.ports
