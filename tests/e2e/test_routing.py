@@ -21,7 +21,7 @@ import pytest
 from tests.support import topologies
 from tests.support.client import Client, Clients
 from tests.support.hub import Hub, Node, backplane_of, ready
-from tests.support.redis_cluster import ClusterNode, RedisClusterServer
+from tests.support.redis_cluster import ClusterNode, RedisClusterServer, slot_of
 from tests.support.redis_proxy import DeafeningProxy
 from tests.support.redis_server import RedisServer
 from tests.support.server import LiveServer
@@ -91,15 +91,10 @@ def a_victim(
     victim, elsewhere = cluster.others(store)
     for channel in away:
         if cluster.owner_of(channel) is victim:
-            cluster.move_slot(_slot(cluster, channel), elsewhere)
+            cluster.move_slot(slot_of(channel), elsewhere)
     for channel in onto:
-        cluster.move_slot(_slot(cluster, channel), victim)
+        cluster.move_slot(slot_of(channel), victim)
     return victim
-
-
-def _slot(cluster: RedisClusterServer, channel: str) -> int:
-    with cluster.nodes[0].client() as client:
-        return int(client.execute_command("CLUSTER", "KEYSLOT", channel))
 
 
 # -- nodes joining and dying --------------------------------------------------------------
@@ -343,7 +338,7 @@ async def test_a_slot_move_during_traffic_loses_nothing_acknowledged(
 
         sending = asyncio.create_task(traffic())
         await asyncio.sleep(0.3)
-        await asyncio.to_thread(cluster.move_slot, _slot(cluster, channel), destination)
+        await asyncio.to_thread(cluster.move_slot, slot_of(channel), destination)
         moved.set()
         await sending
 

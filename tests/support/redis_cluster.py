@@ -106,7 +106,7 @@ class RedisClusterServer:
 
     def owner_of(self, key: str) -> ClusterNode:
         """The master serving *key* (a key or a sharded channel: the same slot rule)."""
-        return self.owner(key_slot(key.encode()))
+        return self.owner(slot_of(key))
 
     def others(self, *nodes: ClusterNode) -> list[ClusterNode]:
         return [node for node in self.nodes if node not in nodes]
@@ -114,7 +114,8 @@ class RedisClusterServer:
     # -- resharding and failures
 
     def move_slot(self, slot: int, to: ClusterNode) -> None:
-        """Reshard *slot* to *to*, keys and all, as ``redis-cli --cluster reshard`` does."""
+        """Reshard *slot* to *to*, keys and all, as ``redis-cli --cluster reshard`` does (the
+        slot of a channel: ``move_slot(slot_of(channel), to)``)."""
         source = self.owner(slot)
         if source is to:
             return
@@ -253,6 +254,11 @@ class RedisClusterServer:
                 return
             time.sleep(0.02)
         raise RuntimeError(f"the nodes do not agree that {to.port} serves slot {slot}")
+
+
+def slot_of(key: str) -> int:
+    """The slot of a key or a sharded channel (CRC16 of its hash tag, as the server computes)."""
+    return key_slot(key.encode())
 
 
 def _node_id(client: redis.Redis) -> str:

@@ -14,7 +14,7 @@ from tests.support.topologies import Topology
 from tests.unit.store.conftest import T0, T1, StoreFactory, follower_sids, holders
 
 
-@pytest.fixture(params=["memory", *topologies.params("single", "cluster")])
+@pytest.fixture(params=["memory", *topologies.params("single", "cluster", "sentinel")])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
