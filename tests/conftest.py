@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -7,6 +8,8 @@ import pytest
 
 from gateway.settings import Settings
 from tests.support.client import Client, Clients
+from tests.support.redis_cluster import RedisClusterServer
+from tests.support.redis_sentinel import RedisSentinelServer
 from tests.support.server import LiveServer
 
 ServerFactory = Callable[..., LiveServer]
@@ -52,3 +55,27 @@ def connect(server: LiveServer, clients: Clients) -> Callable[..., Awaitable[Cli
         return await clients.connect(url or server.url, username, **kw)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """A private three-master Redis Cluster, started once (about 2 s) for the whole session.
+
+    Tests keep to key prefixes of their own, and leave the cluster as they found it: every
+    master up (a test that kills one restarts it).
+    """
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    cluster = RedisClusterServer().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[RedisSentinelServer]:
+    """A private primary, replica and Sentinel for the whole session (a test may fail over)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    sentinel = RedisSentinelServer().start()
+    yield sentinel
+    sentinel.stop()

@@ -9,6 +9,7 @@ a Redis Cluster keeps them in one slot, where a script may touch them together::
     T node:{id}          string  the node's lease; expires unless renewed every lease_seconds / 3
     T node:{id}:sids     set     the node's connections
     T node:{id}:evicted  list    its connections that other nodes' claims displaced (to end)
+    T node:{id}:writes   counter the node's writes that Redis applied (to notice lost ones)
     T conn:{sid}         hash    node, connect_time, username (absent: none), metadata (JSON),
                                  following (JSON array of distinct names), pid (digest of the
                                  session's private id), away ("1" while its transport is gone)
@@ -39,6 +40,13 @@ Each node mirrors its own connections locally. After an outage, or when its leas
 (Redis restarted empty, or this node stalled long enough to be reaped), :meth:`RedisStore.restore`
 makes Redis agree with the mirror again. Writes wait while a restore runs, so it never overwrites
 a newer write with an older mirror entry.
+
+Redis can also lose acknowledged writes while it stays up and the lease survives: a Sentinel
+failover promotes a replica that had not received the last writes yet, and until the old
+primary is turned into a replica, connections still open to it write there (its writes are
+then discarded by the resync). Every write script therefore counts the writing node's writes
+in ``node:{id}:writes``; each lease tick compares Redis's count with the node's own, and a
+shortfall restores the node.
 """
 
 from __future__ import annotations
@@ -59,6 +67,8 @@ from redis.exceptions import (
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -74,7 +84,7 @@ from .base import (
     StoreUnavailable,
     UsernameTaken,
 )
-from .redis_topology import AnyRedis, RedisTarget, connect, parse
+from .redis_topology import AnyRedis, RedisTarget, cancellation_kept, connect, parse
 
 log = logging.getLogger("wshub.store")
 
@@ -92,6 +102,18 @@ _UNAVAILABLE: Final = (
     TryAgainError,
     MasterDownError,
 )
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether *exc* means Redis cannot serve us now (rather than a bug in a command)."""
+    if isinstance(exc, (*_UNAVAILABLE, SlotNotCoveredError)):
+        return True
+    # redis-py's cluster client reports "none of the nodes answers" (when it reloads the slot
+    # map: at the first command, and after a node stopped answering) as a bare
+    # RedisClusterException, which it also raises for misuse (keys in several slots); only its
+    # cause tells an outage apart.
+    return isinstance(exc, RedisClusterException) and isinstance(exc.__cause__, _UNAVAILABLE)
+
 
 # Connections handled per script call or pipeline round trip: large enough to be quick, small
 # enough that one script never blocks Redis for long.
@@ -116,6 +138,11 @@ local function refollow(sid, old_json, new_json)
   for name in pairs(old) do
     if not new[name] then redis.call('SREM', T .. 'followers:' .. name, sid) end
   end
+end
+
+-- One more write of this node that Redis applied (compared with the node's own count).
+local function wrote(node)
+  redis.call('INCR', T .. 'node:' .. node .. ':writes')
 end
 
 local function release(sid, name)
@@ -155,6 +182,7 @@ end
 _CONNECT: Final = """
 local node, sid = ARGV[2], ARGV[3]
 local conn = T .. 'conn:' .. sid
+wrote(node)
 -- A retried call must not count the connection twice.
 if redis.call('EXISTS', conn) == 1 then return end
 redis.call('HSET', conn, 'node', node, 'connect_time', ARGV[4], 'metadata', '{}',
@@ -166,11 +194,12 @@ redis.call('SADD', T .. 'nodes', node)
 redis.call('INCR', T .. 'total')
 """
 
-# ARGV: T, sid, has_name ('1'/'0'), name, metadata, following, claim, evict
+# ARGV: T, sid, has_name ('1'/'0'), name, metadata, following, claim, evict, writer
 # Returns {'ok', connect_time, displaced sid, route, ...}, {'taken', holder sid, route, ...}
 # or {'missing'}. Displaced holders are removed and queued on their node's evicted list.
 _SAVE: Final = """
 local sid = ARGV[2]
+wrote(ARGV[9])
 local f = redis.call('HMGET', T .. 'conn:' .. sid, 'connect_time', 'username')
 if not f[1] then return {'missing'} end
 local name = ARGV[3] == '1' and ARGV[4]
@@ -202,10 +231,11 @@ apply(sid, name, ARGV[5], ARGV[6])
 return {'ok', f[1], unpack(displaced)}
 """
 
-# ARGV: T, n, sid...
+# ARGV: T, writer, n, sid...
 _DISCONNECT: Final = """
+wrote(ARGV[2])
 local removed = {}
-for i = 3, 2 + tonumber(ARGV[2]) do
+for i = 4, 3 + tonumber(ARGV[3]) do
   local gone = remove(ARGV[i])
   if gone then removed[#removed + 1] = gone end
 end
@@ -248,6 +278,7 @@ return statuses
 # ARGV: T, sid, node, away ('1'/'0'). 1 when the connection is this node's, else 0.
 _AWAY: Final = """
 local sid = ARGV[2]
+wrote(ARGV[3])
 local conn = T .. 'conn:' .. sid
 local f = redis.call('HMGET', conn, 'node', 'username')
 if f[1] ~= ARGV[3] then return 0 end
@@ -260,6 +291,7 @@ return 1
 # ARGV: T, sid, from, to. {connect_time, username, metadata} when moved, else false.
 _MOVE: Final = """
 local sid, from, to = ARGV[2], ARGV[3], ARGV[4]
+wrote(from)
 local conn = T .. 'conn:' .. sid
 local f = redis.call('HMGET', conn, 'node', 'connect_time', 'username', 'metadata')
 if f[1] ~= from then return false end
@@ -323,7 +355,7 @@ local sids = redis.call('SPOP', sids_key, ARGV[3])
 for _, sid in ipairs(sids) do remove(sid) end
 if redis.call('EXISTS', sids_key) == 0 then
   redis.call('SREM', T .. 'nodes', node)
-  redis.call('DEL', T .. 'node:' .. node .. ':evicted')
+  redis.call('DEL', T .. 'node:' .. node .. ':evicted', T .. 'node:' .. node .. ':writes')
 end
 return #sids
 """
@@ -398,6 +430,8 @@ class RedisStore:
         self._mirror: dict[str, _Local] = {}
         self._eviction_listeners: list[EvictionListener] = []
         self._accepted = 0
+        self._writes = 0
+        """This node's writes that Redis acknowledged (see ``node:{id}:writes``)."""
         self._epoch = ""
         self._reachable = False
         self._renewed_at = -math.inf
@@ -471,7 +505,7 @@ class RedisStore:
                 set[str], await self._redis.smembers(self._key("node", self.node_id, "sids"))
             )
             for sids in _chunks([sid for sid in listed if sid not in self._mirror]):
-                await self._call(self._disconnect, len(sids), *sids)
+                await self._call(self._disconnect, self.node_id, len(sids), *sids)
             for entries in _chunks(list(self._mirror.items())):
                 fields = [field for sid, entry in entries for field in _put_fields(sid, entry)]
                 statuses = await self._call(
@@ -486,6 +520,8 @@ class RedisStore:
                             sid,
                         )
                         self._mirror[sid] = replace(entry, username=None)
+            # Redis holds all of this node's writes now; the count starts again from here.
+            await self._redis.set(self._key("node", self.node_id, "writes"), self._writes)
         if not self._reachable:
             log.info(
                 "node %s registered in Redis with %d connection(s)", self.node_id, len(self._mirror)
@@ -498,6 +534,7 @@ class RedisStore:
         async with self._writing():
             with self._guard():
                 await self._call(self._connect, self.node_id, sid, connect_time, pid_hash)
+            self._writes += 1
             self._mirror[sid] = _Local(connect_time, None, b"{}", b"[]", pid_hash)
             self._accepted += 1
 
@@ -507,7 +544,8 @@ class RedisStore:
             # restore removes what is left of it.
             local = self._mirror.pop(sid, None)
             with self._guard():
-                removed = await self._call(self._disconnect, 1, sid)
+                removed = await self._call(self._disconnect, self.node_id, 1, sid)
+            self._writes += 1
         if removed:
             connect_time, metadata, username, _ = removed[0]
             return Presence(sid, connect_time, username, orjson.loads(metadata))
@@ -545,8 +583,16 @@ class RedisStore:
         async with self._writing():
             with self._guard():
                 reply = await self._call(
-                    self._save, sid, *name, encoded, following, claim.value, evict or ""
+                    self._save,
+                    sid,
+                    *name,
+                    encoded,
+                    following,
+                    claim.value,
+                    evict or "",
+                    self.node_id,
                 )
+            self._writes += 1
             status, *rest = reply
             if status == "missing":
                 raise KeyError(sid)
@@ -609,7 +655,9 @@ class RedisStore:
                 return False
             self._mirror[sid] = replace(local, away=away)
             with self._guard():
-                return bool(await self._call(self._away, sid, self.node_id, "1" if away else "0"))
+                mine = await self._call(self._away, sid, self.node_id, "1" if away else "0")
+            self._writes += 1
+            return bool(mine)
 
     async def record(self, sid: str) -> SessionRecord | None:
         with self._guard():
@@ -625,6 +673,7 @@ class RedisStore:
         async with self._writing():
             with self._guard():
                 moved = await self._call(self._move, sid, self.node_id, to_node)
+            self._writes += 1
             self._mirror.pop(sid, None)
         if not moved:
             return None
@@ -653,11 +702,12 @@ class RedisStore:
         return await script(keys=self._slot_key, args=[self._tag, *args])
 
     async def _maintain(self) -> None:
-        """Renew the lease, reap dead nodes, end evicted connections, every lease_seconds / 3."""
+        """Renew the lease (restoring when it vanished or Redis lost writes), reap dead nodes,
+        end evicted connections: every lease_seconds / 3."""
         while True:
             await asyncio.sleep(self._lease_seconds / 3)
             try:
-                if not self._reachable or not await self._renew():
+                if not self._reachable or not await self._renew() or await self._lost_writes():
                     await self.restore()
                 await self._reap_expired()
                 await self._end_evicted()
@@ -676,6 +726,23 @@ class RedisStore:
             log.warning("node %s lost its lease; restoring its connections", self.node_id)
             return False
         self._renewed_at = renewed_at
+        return True
+
+    async def _lost_writes(self) -> bool:
+        """Whether Redis applied fewer of this node's writes than it acknowledged."""
+        # Read before the round trip: writes still in flight can only raise Redis's count. (A
+        # write retried after a lost reply counts twice there, hiding one loss at most.)
+        acknowledged = self._writes
+        with self._guard():
+            counted = int(await self._redis.get(self._key("node", self.node_id, "writes")) or 0)
+        if counted >= acknowledged:
+            return False
+        log.warning(
+            "Redis lost %d of node %s's writes (a failover, or a restart from an older "
+            "snapshot); restoring its connections",
+            acknowledged - counted,
+            self.node_id,
+        )
         return True
 
     async def _end_evicted(self) -> None:
@@ -732,10 +799,14 @@ class RedisStore:
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
-        """Turn "Redis cannot serve us" into :class:`StoreUnavailable` and mark the node."""
+        """Turn "Redis cannot serve us" into :class:`StoreUnavailable` and mark the node; end a
+        task whose cancellation redis-py swallowed meanwhile."""
         try:
-            yield
-        except _UNAVAILABLE as exc:
+            with cancellation_kept():
+                yield
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
             if self._reachable:
                 log.warning(
                     "Redis unavailable (%s); node %s will restore when it returns",

@@ -19,11 +19,19 @@ node reads only what it needs::
 
 Pub/sub is at most once: a node that is not subscribed when a message is published never gets
 it. ``PUBLISH`` says how many subscribers took a message, so a message to a node that is not
-listening is reported as not delivered rather than lost in silence.
+listening (dead and not yet reaped, or resubscribing after a slot move) raises
+:class:`BackplaneUnavailable` like a Redis outage: it went nowhere, the sender is told, and a
+retry cannot duplicate it.
 
 The self-probe: every ``probe_interval`` the node publishes a nonce on its own channel and on the
 broadcast channel and expects to hear both within ``probe_timeout``; ``healthy`` (on ``/ready``
-and in metrics) is the last probe's outcome, and a failed probe restarts the subscriptions.
+and in metrics) is the last probe's outcome, and a subscription that did not hear its nonce is
+restarted (the other one, still hearing, is left alone: a restart loses what arrives
+meanwhile).
+
+``wshub_backplane_frames_received{kind}`` counts the frames this node decoded: with targeted
+routing a node sees the deliveries, requests and control messages addressed to it, every
+broadcast and every node's probe, nothing else.
 """
 
 from __future__ import annotations
@@ -37,15 +45,26 @@ from typing import Any, Protocol
 
 import orjson
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from ..store.base import StoreUnavailable
 from ..store.redis import POOL_SIZE
-from ..store.redis_topology import AnyRedis, RedisTarget, connect
+from ..store.redis_topology import AnyRedis, RedisTarget, cancellation_kept, connect
 
 log = logging.getLogger("wshub.backplane")
 
 _RETRY_PAUSES = (0.1, 0.25, 0.5, 1.0, 2.0)
+_KINDS = {
+    b"D": "deliver",
+    b"B": "broadcast",
+    b"Q": "request",
+    b"A": "answer",
+    b"C": "control",
+    b"P": "probe",
+}
 
 
 class BackplaneUnavailable(StoreUnavailable):
@@ -74,7 +93,9 @@ class Backplane:
         prefix: str,
         probe_timeout: float,
         timeout: float = 5.0,
+        registry: CollectorRegistry | None = None,
     ) -> None:
+        """*registry* is where the frame counter is exposed (none: counted, not exposed)."""
         self.node_id = node_id
         self._origin = node_id.encode()
         self._inbox = inbox
@@ -94,7 +115,18 @@ class Backplane:
         self.own_channel = self.channel_of(node_id)
         self.broadcast_channel = f"{prefix}ch:all"
         self.healthy = False
+        self.frames_received = Counter(
+            "wshub_backplane_frames_received",
+            "Backplane frames this node decoded, by kind (deliver, broadcast, request, answer, "
+            "control, probe)",
+            ["kind"],
+            registry=registry,
+        )
+        # One child per kind, looked up once: labels() is a lock and a dict walk per frame.
+        self._frames = {code: self.frames_received.labels(kind) for code, kind in _KINDS.items()}
         self._listeners: dict[str, asyncio.Task[None]] = {}
+        # Set while the channel's current listener is subscribed; each listener has its own,
+        # so that one being cancelled cannot clear the flag of the one that replaced it.
         self._subscribed: dict[str, asyncio.Event] = {}
         self._heard: dict[bytes, asyncio.Event] = {}
         self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
@@ -106,13 +138,22 @@ class Backplane:
     # -- lifecycle
 
     async def start(self) -> None:
-        """Subscribe, and wait (up to the probe timeout) until both subscriptions are in place."""
+        """Subscribe, and wait (up to the probe timeout) until both subscriptions are in place.
+
+        A subscription that takes longer does not fail the start (a loaded machine made a
+        gateway exit at startup when its cluster subscription took over 0.5 s): the listeners
+        keep trying, and the node stays unready (``healthy`` is False) until a probe hears
+        both channels.
+        """
         for channel in (self.own_channel, self.broadcast_channel):
-            self._subscribed[channel] = asyncio.Event()
-            self._listeners[channel] = asyncio.create_task(
-                self._listen(channel), name=f"wshub:backplane:{channel}"
+            self._spawn_listener(channel)
+        try:
+            await self._wait_subscribed()
+        except TimeoutError:
+            log.warning(
+                "backplane not subscribed within %.1f s; unready until a probe hears it",
+                self._probe_timeout,
             )
-        await self._wait_subscribed()
 
     async def stop(self) -> None:
         tasks = [*self._listeners.values(), *self._work]
@@ -127,15 +168,24 @@ class Backplane:
     # -- sending
 
     async def deliver(self, node: str, event: str, sids: list[str], packet: str) -> int:
-        """Hand *packet* to node *node* for *sids*; how many subscribers took it (0: none is
-        listening there). Raises :class:`BackplaneUnavailable`."""
+        """Hand *packet* to node *node* for *sids*; how many subscribers took it (at least one).
+
+        Raises :class:`BackplaneUnavailable` when Redis cannot be reached and also when nobody
+        listens on the node's channel: a node killed and not reaped yet, or one resubscribing
+        after its channel's slot moved. Either way nothing was delivered, and the sender must
+        hear it (not a success for a message that went nowhere).
+        """
         frame = b"D%b\n%b\n%b\n%b" % (
             self._origin,
             event.encode(),
             ",".join(sids).encode(),
             packet.encode(),
         )
-        return await self._publish(self.channel_of(node), frame)
+        channel = self.channel_of(node)
+        taken = await self._publish(channel, frame)
+        if not taken:
+            raise BackplaneUnavailable(f"no node listens on {channel}")
+        return taken
 
     async def broadcast(self, event: str, packet: str) -> int:
         frame = b"B%b\n%b\n%b" % (self._origin, event.encode(), packet.encode())
@@ -165,52 +215,79 @@ class Backplane:
             self._pending.pop(rid, None)
 
     async def probe(self) -> bool:
-        """Publish to ourselves on both channels and wait to hear both."""
-        nonces = [uuid.uuid4().hex.encode() for _ in range(2)]
-        heard = [self._heard.setdefault(nonce, asyncio.Event()) for nonce in nonces]
+        """Publish to ourselves on both channels and wait to hear both; restart what did not."""
+        channels = (self.own_channel, self.broadcast_channel)
+        nonces = {channel: uuid.uuid4().hex.encode() for channel in channels}
+        heard = {
+            channel: self._heard.setdefault(nonce, asyncio.Event())
+            for channel, nonce in nonces.items()
+        }
+        problems: list[str] = []
         try:
-            await self._wait_subscribed()
-            for channel, nonce in zip(
-                (self.own_channel, self.broadcast_channel), nonces, strict=True
-            ):
-                await self._publish(channel, b"P%b\n%b" % (self._origin, nonce))
-            async with asyncio.timeout(self._probe_timeout):
-                for event in heard:
-                    await event.wait()
-            ok = True
-        except Exception as exc:  # timeout or Redis error: either way, not heard
-            ok = False
-            log.warning(
-                "backplane probe failed (%s); restarting the subscriptions", exc or "timeout"
-            )
-            self._restart()
+            with contextlib.suppress(TimeoutError):
+                await self._wait_subscribed()
+            published = []
+            for channel, nonce in nonces.items():
+                subscribed = self._subscribed.get(channel)
+                if subscribed is None or not subscribed.is_set():
+                    problems.append(f"{channel} not subscribed")
+                    continue
+                try:
+                    await self._publish(channel, b"P%b\n%b" % (self._origin, nonce))
+                except BackplaneUnavailable as exc:
+                    problems.append(str(exc))
+                    continue
+                published.append(heard[channel])
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._probe_timeout):
+                    for event in published:
+                        await event.wait()
         finally:
-            for nonce in nonces:
+            for nonce in nonces.values():
                 self._heard.pop(nonce, None)
-        if ok and not self.healthy:
+        deaf = [channel for channel, event in heard.items() if not event.is_set()]
+        if deaf:
+            log.warning(
+                "backplane probe failed (%s); resubscribing to %s",
+                "; ".join(problems) or "not heard",
+                ", ".join(deaf),
+            )
+            for channel in deaf:
+                self._restart(channel)
+        elif not self.healthy:
             log.info("backplane healthy")
-        self.healthy = ok
-        return ok
+        self.healthy = not deaf
+        return self.healthy
 
     async def _publish(self, channel: str, frame: bytes) -> int:
         try:
-            if self._target.sharded:
-                return int(await self._redis.execute_command("SPUBLISH", channel, frame))
-            return int(await self._redis.publish(channel, frame))
+            with cancellation_kept():
+                if self._target.sharded:
+                    taken = await self._redis.execute_command("SPUBLISH", channel, frame)
+                else:
+                    taken = await self._redis.publish(channel, frame)
         except Exception as exc:  # redis-py raises many kinds; all mean "not sent"
             self.healthy = False
             raise BackplaneUnavailable(f"cannot publish to Redis: {exc}") from exc
+        return int(taken)
 
     # -- receiving
 
-    async def _listen(self, channel: str) -> None:
+    def _spawn_listener(self, channel: str) -> None:
+        subscribed = self._subscribed[channel] = asyncio.Event()
+        self._listeners[channel] = asyncio.create_task(
+            self._listen(channel, subscribed), name=f"wshub:backplane:{channel}"
+        )
+
+    async def _listen(self, channel: str, subscribed: asyncio.Event) -> None:
         """One subscription, kept: resubscribed after an error or a slot move, forever."""
         failures = 0
         while True:
             pubsub: Any = None
             try:
-                pubsub = await self._subscribe(channel)
-                self._subscribed[channel].set()
+                with cancellation_kept():
+                    pubsub = await self._subscribe(channel)
+                subscribed.set()
                 failures = 0
                 while True:
                     message = await pubsub.get_message(timeout=None)
@@ -233,7 +310,7 @@ class Backplane:
                 )
                 await asyncio.sleep(pause)
             finally:
-                self._subscribed[channel].clear()
+                subscribed.clear()
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()
@@ -245,6 +322,12 @@ class Backplane:
             return pubsub
         cluster = self._redis
         assert isinstance(cluster, RedisCluster)
+        # The client itself first (a no-op once done): redis-py 8.1 routes a command through
+        # its command table, which only RedisCluster.initialize() loads, as soon as the nodes
+        # manager knows a node. Initializing the nodes manager alone (which the subscription
+        # did before any publish) left every SPUBLISH failing for good with
+        # "'AsyncCommandsParser' object has no attribute 'node'".
+        await cluster.initialize()
         await cluster.nodes_manager.initialize()  # the slot map as it is now
         owner = cluster.get_node_from_key(channel)
         if owner is None:
@@ -255,6 +338,10 @@ class Backplane:
             port=int(owner.port),
             ssl=bool(self._target.options.get("ssl")),
             socket_connect_timeout=self._probe_timeout,
+            # One immediate retry, as on the other topologies: redis-py's default (ten, with
+            # backoff up to 1 s each) keeps a listener reconnecting to a dead master for
+            # seconds before this loop can look for the slot's new owner.
+            retry=Retry(NoBackoff(), 1),
             **auth,
         )
         pubsub = connection.pubsub()
@@ -263,6 +350,9 @@ class Backplane:
 
     async def _on_frame(self, frame: bytes) -> None:
         kind, rest = frame[:1], frame[1:]
+        counted = self._frames.get(kind)
+        if counted is not None:
+            counted.inc()
         origin, _, rest = rest.partition(b"\n")
         if kind == b"D":
             event, _, rest = rest.partition(b"\n")
@@ -305,12 +395,14 @@ class Backplane:
         if not task.cancelled() and task.exception() is not None:
             log.error("backplane request failed", exc_info=task.exception())
 
-    def _restart(self) -> None:
-        for channel, task in list(self._listeners.items()):
-            task.cancel()
-            self._listeners[channel] = asyncio.create_task(
-                self._listen(channel), name=f"wshub:backplane:{channel}"
-            )
+    def _restart(self, channel: str) -> None:
+        old = self._listeners.get(channel)
+        if old is not None:
+            old.cancel()
+            # Kept until it has closed its connection, so that stop() waits for it too.
+            self._work.add(old)
+            old.add_done_callback(self._done)
+        self._spawn_listener(channel)
 
     async def _wait_subscribed(self) -> None:
         async with asyncio.timeout(self._probe_timeout):

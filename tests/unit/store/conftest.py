@@ -1,20 +1,21 @@
-"""Fixtures shared by the store tests: a real Redis under a private key prefix per test."""
+"""Fixtures shared by the store tests: a real Redis under a private key prefix per test, on
+each topology (:mod:`tests.support.topologies`): the shared single Redis and a Redis Cluster."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from uuid import uuid4
 
 import pytest
-import redis.asyncio as aioredis
 
 from gateway.store.redis import RedisStore
+from gateway.store.redis_topology import AnyRedis, connect, parse
+from tests.support import topologies
+from tests.support.topologies import Topology
 
-REDIS_URL = os.environ.get("WSHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 LEASE = 1.0
 # A dead node's lease runs out within LEASE, and a reaper passes within LEASE / 3 after that.
 REAP_BOUND = LEASE + LEASE / 3
@@ -24,32 +25,35 @@ T1 = "2026-01-01T00:00:01.000Z"
 StoreFactory = Callable[..., Awaitable[RedisStore]]
 
 
+@pytest.fixture(params=topologies.params("single", "cluster", "sentinel"))
+def topology(request: pytest.FixtureRequest) -> Topology:
+    return topologies.resolve(request, request.param)
+
+
 @pytest.fixture
-async def redis() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        await client.ping()
-    except (OSError, aioredis.ConnectionError) as exc:
-        await client.aclose()
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+async def redis(topology: Topology) -> AsyncIterator[AnyRedis]:
+    """A client of the test's Redis for looking behind the store's back (a cluster client on a
+    cluster: it finds each key's node)."""
+    client = connect(parse(topology.url), timeout=5, pool_size=4, decode_responses=True)
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-async def prefix(redis: aioredis.Redis) -> AsyncIterator[str]:
+async def prefix(redis: AnyRedis) -> AsyncIterator[str]:
     prefix = f"wshub-test:{uuid4().hex}:"
     yield prefix
     await wipe(redis, prefix)
 
 
 @pytest.fixture
-async def make_store(prefix: str) -> AsyncIterator[StoreFactory]:
+async def make_store(topology: Topology, prefix: str) -> AsyncIterator[StoreFactory]:
     """``await make_store("n1")``: a started node under the test's prefix, closed afterwards."""
     stores: list[RedisStore] = []
 
-    async def make(node_id: str, *, url: str = REDIS_URL, **kw: Any) -> RedisStore:
-        store = RedisStore(url, node_id=node_id, prefix=prefix, lease_seconds=LEASE, **kw)
+    async def make(node_id: str, *, url: str | None = None, **kw: Any) -> RedisStore:
+        kw.setdefault("lease_seconds", LEASE)
+        store = RedisStore(url or topology.url, node_id=node_id, prefix=prefix, **kw)
         stores.append(store)
         await store.start()
         return store
@@ -64,7 +68,7 @@ def tagged(prefix: str) -> str:
     return "{" + prefix + "}"
 
 
-async def wipe(redis: aioredis.Redis, prefix: str) -> None:
+async def wipe(redis: AnyRedis, prefix: str) -> None:
     """Delete every key under *prefix*: what a Redis restarted without persistence looks like."""
     for pattern in (f"{prefix}*", f"{tagged(prefix)}*"):
         keys = [key async for key in redis.scan_iter(match=pattern.replace("[", "\\["), count=1000)]

@@ -1,7 +1,8 @@
 """The Redis presence store against a real Redis: one node, several nodes, dead nodes, outages.
 
-Every test works under its own key prefix and deletes it afterwards, so tests never see each
-other's keys and the Redis can be shared. ``WSHUB_TEST_REDIS_URL`` points them elsewhere.
+Every test runs on a single Redis and on a Redis Cluster (the ``topology`` fixture), works
+under its own key prefix and deletes it afterwards, so tests never see each other's keys and
+the Redis can be shared. ``WSHUB_TEST_REDIS_URL`` points the single-Redis runs elsewhere.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-import redis.asyncio as aioredis
 
 from gateway.store.base import StoreUnavailable, UsernameTaken
 from gateway.store.redis import RedisStore
+from gateway.store.redis_topology import AnyRedis
+from tests.support import topologies
+from tests.support.redis_cluster import ClusterNode
+from tests.support.topologies import Topology
 from tests.unit.store.conftest import (
     LEASE,
     REAP_BOUND,
-    REDIS_URL,
     T0,
     T1,
     StoreFactory,
@@ -114,7 +117,7 @@ async def test_concurrent_claims_of_one_name_have_one_winner(make_store: StoreFa
 
 
 async def test_close_removes_the_nodes_connections(
-    make_store: StoreFactory, redis: aioredis.Redis, prefix: str
+    make_store: StoreFactory, redis: AnyRedis, prefix: str
 ) -> None:
     n1, n2 = await make_store("n1"), await make_store("n2")
     await n1.connect("a", T0)
@@ -132,16 +135,6 @@ async def test_close_removes_the_nodes_connections(
 NODE_PROCESS = """
 import asyncio, sys
 from gateway.store.redis import RedisStore
-from tests.unit.store.conftest import (
-    LEASE,
-    REAP_BOUND,
-    REDIS_URL,
-    T0,
-    T1,
-    StoreFactory,
-    eventually,
-    wipe,
-)
 
 async def main(url, prefix, node_id, lease):
     store = RedisStore(url, node_id=node_id, prefix=prefix, lease_seconds=float(lease))
@@ -156,14 +149,16 @@ asyncio.run(main(*sys.argv[1:]))
 
 
 @contextlib.asynccontextmanager
-async def node_process(prefix: str, node_id: str) -> AsyncIterator[asyncio.subprocess.Process]:
+async def node_process(
+    topology: Topology, prefix: str, node_id: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """Another process holding connection "doomed" as "dora"; killed (SIGKILL) at the latest
     when the block ends."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         NODE_PROCESS,
-        REDIS_URL,
+        topology.url,
         prefix,
         node_id,
         str(LEASE),
@@ -181,11 +176,11 @@ async def node_process(prefix: str, node_id: str) -> AsyncIterator[asyncio.subpr
 
 
 async def test_a_killed_node_is_reaped_within_the_lease(
-    make_store: StoreFactory, prefix: str
+    make_store: StoreFactory, topology: Topology, prefix: str
 ) -> None:
     survivor = await make_store("survivor")
     await survivor.connect("b", T0)
-    async with node_process(prefix, "victim") as victim:
+    async with node_process(topology, prefix, "victim") as victim:
         assert await holders(survivor, "dora") == ["doomed"]
         assert await follower_sids(survivor, "bob") == ["doomed"]
         victim.kill()
@@ -205,9 +200,9 @@ async def test_a_killed_node_is_reaped_within_the_lease(
 
 
 async def test_a_restarted_node_drops_what_its_predecessor_left(
-    make_store: StoreFactory, prefix: str
+    make_store: StoreFactory, topology: Topology, prefix: str
 ) -> None:
-    async with node_process(prefix, "n1"):
+    async with node_process(topology, prefix, "n1"):
         pass  # killed before it could clean up, its lease still running
     other = await make_store("n2")
     assert await holders(other, "dora") == ["doomed"]
@@ -219,8 +214,15 @@ async def test_a_restarted_node_drops_what_its_predecessor_left(
 # -- Redis unavailable ----------------------------------------------------------------------
 
 
-async def test_unreachable_redis_raises_store_unavailable(prefix: str) -> None:
-    store = RedisStore("redis://127.0.0.1:1/0", node_id="n1", prefix=prefix, timeout=1)
+NOWHERE = {
+    "single": "redis://127.0.0.1:1/0",
+    "cluster": "redis+cluster://127.0.0.1:1",
+    "sentinel": "redis+sentinel://127.0.0.1:1/0/wshub",
+}
+
+
+async def test_unreachable_redis_raises_store_unavailable(topology: Topology, prefix: str) -> None:
+    store = RedisStore(NOWHERE[topology.name], node_id="n1", prefix=prefix, timeout=1)
     calls: list[Callable[[], Awaitable[Any]]] = [
         store.start,
         store.ping,
@@ -234,9 +236,13 @@ async def test_unreachable_redis_raises_store_unavailable(prefix: str) -> None:
         store.clients,
         store.counts,
     ]
+    loop = asyncio.get_running_loop()
     for call in calls:
+        began = loop.time()
         with pytest.raises(StoreUnavailable):
             await call()
+        # Within the timeout (1 s) plus slack: no retries with backoff on top of it.
+        assert loop.time() - began < 2.0
     assert not store.healthy
     await store.close()  # logs, does not raise
 
@@ -284,25 +290,72 @@ class Proxy:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
+class Outage:
+    """Redis goes away and comes back empty: through a relay that is cut (one Redis), or by
+    killing the cluster master that serves the store's slot and restarting it."""
+
+    def __init__(self, topology: Topology, redis: AnyRedis, prefix: str) -> None:
+        self._topology = topology
+        self._redis = redis
+        self._prefix = prefix
+        self._proxy = Proxy(topology.url) if topology.cluster is None else None
+        self._killed: ClusterNode | None = None
+
+    async def start(self) -> str:
+        """The URL the store should use."""
+        if self._proxy is None:
+            return self._topology.url
+        await self._proxy.start()
+        return self._proxy.url
+
+    async def cut(self) -> None:
+        if self._proxy is not None:
+            await self._proxy.stop()
+            return
+        cluster = self._topology.cluster
+        assert cluster is not None
+        self._killed = cluster.owner_of(tagged(self._prefix))
+        await asyncio.to_thread(cluster.kill, self._killed)
+
+    async def mend(self) -> None:
+        if self._proxy is not None:
+            await wipe(self._redis, self._prefix)  # what a restart without persistence leaves
+            await self._proxy.start()
+            return
+        cluster = self._topology.cluster
+        assert cluster is not None and self._killed is not None
+        await asyncio.to_thread(cluster.restart, self._killed)  # no persistence: empty
+
+    async def close(self) -> None:
+        if self._proxy is not None:
+            await self._proxy.stop()
+
+
+@pytest.fixture
+async def outage(topology: Topology, redis: AnyRedis, prefix: str) -> AsyncIterator[Outage]:
+    made = Outage(topology, redis, prefix)
+    yield made
+    await made.close()
+
+
+# (On Sentinel an outage of the primary is a failover: see the test after the next one.)
+@pytest.mark.parametrize("topology", topologies.params("single", "cluster"), indirect=True)
 async def test_outage_then_empty_restart_restores_the_node(
-    make_store: StoreFactory, redis: aioredis.Redis, prefix: str
+    make_store: StoreFactory, outage: Outage
 ) -> None:
-    proxy = Proxy(REDIS_URL)
-    await proxy.start()
-    store = await make_store("n1", url=proxy.url, timeout=1)
+    store = await make_store("n1", url=await outage.start(), timeout=1)
     await store.connect("a", T0)
     await store.save("a", "alice", {"following": ["bob"], "profile": {"x": 1}})
     assert store.healthy
 
-    await proxy.stop()
+    await outage.cut()
     with pytest.raises(StoreUnavailable):
         await store.ping()
     assert not store.healthy
     with pytest.raises(StoreUnavailable):
         await store.connect("b", T1)
-    await wipe(redis, prefix)  # Redis comes back empty
 
-    await proxy.start()
+    await outage.mend()
 
     async def healthy() -> bool:
         return store.healthy
@@ -315,12 +368,11 @@ async def test_outage_then_empty_restart_restores_the_node(
     assert [p.sid for p in await store.clients()] == ["a"]  # "b" was never accepted
     counts = await store.counts()
     assert (counts.active, counts.total) == (1, 1)
-    await proxy.stop()
 
 
 async def test_restore_after_a_wipe_keeps_names_claimed_meanwhile(
     make_store: StoreFactory,
-    redis: aioredis.Redis,
+    redis: AnyRedis,
     prefix: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -363,4 +415,88 @@ async def test_a_burst_of_disconnects_waits_for_the_pool(make_store: StoreFactor
     await asyncio.gather(*(store.save(sid, f"user{sid}", {}) for sid in sids))
     gone = await asyncio.gather(*(store.disconnect(sid) for sid in sids))
     assert all(presence is not None for presence in gone)
+    assert (await store.counts()).active == 0
+
+
+@pytest.mark.parametrize("topology", topologies.params("sentinel"), indirect=True)
+async def test_writes_lost_in_a_failover_are_restored(
+    topology: Topology,
+    make_store: StoreFactory,
+    redis: AnyRedis,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Sentinel failover: the store's open connections still write to the old primary until
+    it is made a replica, which discards those writes. The node notices at its next tick."""
+    sentinel = topology.sentinel
+    assert sentinel is not None
+    n1 = await make_store("n1", lease_seconds=3 * LEASE)  # a tick a second
+    await n1.connect("a", T0)
+    await n1.save("a", "alice", {"following": ["carol"]})
+    # Replicated before the failover (the stream is in order: WAIT for a write made after).
+    await redis.set(f"{tagged(prefix)}mark", "1")
+    assert await redis.execute_command("WAIT", 1, 5000) == 1
+    new = await asyncio.to_thread(sentinel.promote)
+    # n1's lease must not lapse on the new primary meanwhile (its renewals go to the old one):
+    # the lost writes alone must be what brings it to restore.
+    lease = f"{tagged(prefix)}node:n1"
+    await redis.set(lease, await redis.get(lease) or "", px=60_000)
+    await n1.connect("b", T1)  # on a connection to the old primary
+    await n1.save("b", "bob", {})
+    await asyncio.to_thread(sentinel.demote, new)
+    n2 = await make_store("n2")  # connects to the new primary
+
+    async def restored() -> bool:
+        return await holders(n2, "bob") == ["b"]
+
+    with caplog.at_level(logging.WARNING, logger="wshub.store"):
+        await eventually(restored, timeout=1.5 * LEASE)  # (n1 may have restored already)
+    assert "Redis lost 2 of node n1's writes" in caplog.text
+    assert "lost its lease" not in caplog.text
+    assert await holders(n2, "alice") == ["a"] and await follower_sids(n2, "carol") == ["a"]
+    assert [p.sid for p in await n2.clients()] == ["a", "b"]
+    await n2.connect("c", T1)
+    with pytest.raises(UsernameTaken):
+        await n2.save("c", "bob", {})
+
+
+async def test_a_cancelled_task_stops_at_its_next_redis_call(make_store: StoreFactory) -> None:
+    """redis-py (asyncio.wait_for on Python 3.11) swallows a cancellation that arrives as a
+    command is sent; the store raises it again, so a loop around it ends when told."""
+    store = await make_store("n1")
+
+    async def poll() -> None:
+        while True:
+            await store.counts()
+
+    for n in range(30):
+        task = asyncio.ensure_future(poll())
+        await asyncio.sleep(n / 3000)  # somewhere in the first 10 ms: mostly mid-command
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)
+        assert task in done and task.cancelled(), f"cancellation {n} was lost"
+
+
+async def test_cleanup_after_a_cancellation_may_still_use_the_store(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store("n1")
+    await store.connect("a", T0)
+    await store.connect("b", T0)
+    entered = asyncio.Event()
+
+    async def serve_then_clean_up() -> None:
+        try:
+            entered.set()
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await store.disconnect("a")  # a cancellation received is not a lost one
+            await store.disconnect("b")
+            raise
+
+    task = asyncio.ensure_future(serve_then_clean_up())
+    await entered.wait()
+    task.cancel()
+    await asyncio.wait({task}, timeout=2)
+    assert task.cancelled()
     assert (await store.counts()).active == 0

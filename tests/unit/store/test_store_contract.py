@@ -1,21 +1,48 @@
-"""What every presence store promises (store/base.py), checked on each backend."""
+"""What every presence store promises (store/base.py), checked on each backend: memory, and
+Redis on each topology (the ``topology`` fixture of conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from gateway.store.base import Address, Claim, PresenceStore, UsernameTaken
 from gateway.store.memory import MemoryStore
+from tests.support import topologies
+from tests.support.topologies import Topology
 from tests.unit.store.conftest import T0, T1, StoreFactory, follower_sids, holders
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(
-    request: pytest.FixtureRequest, make_store: StoreFactory
-) -> AsyncIterator[PresenceStore]:
-    yield MemoryStore() if request.param == "memory" else await make_store("n1")
+@pytest.fixture(params=["memory", *topologies.params("single", "cluster", "sentinel")])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def topology(backend: str, request: pytest.FixtureRequest) -> Topology:
+    """conftest's, chosen by *backend* here (so that the memory store runs once)."""
+    return topologies.resolve(request, backend)
+
+
+@pytest.fixture
+def new_store(
+    backend: str, request: pytest.FixtureRequest
+) -> Callable[[], Awaitable[PresenceStore]]:
+    if backend == "memory":
+
+        async def memory() -> PresenceStore:
+            return MemoryStore()
+
+        return memory
+    # Only a Redis backend needs the Redis fixtures (and their topology).
+    make_store: StoreFactory = request.getfixturevalue("make_store")
+    return lambda: make_store("n1")
+
+
+@pytest.fixture
+async def store(new_store: Callable[[], Awaitable[PresenceStore]]) -> PresenceStore:
+    return await new_store()
 
 
 async def test_usernames_are_unique_and_released(store: PresenceStore) -> None:

@@ -1,0 +1,79 @@
+"""``WSHUB_REDIS_URL``: which topology each scheme names, and the client made for it."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.connection import SSLConnection
+from redis.asyncio.sentinel import SentinelConnectionPool, SentinelManagedSSLConnection
+
+from gateway.store.redis_topology import QueuedRedisCluster, RedisTarget, connect, parse
+
+
+def test_one_redis_keeps_its_url() -> None:
+    for url in ("redis://:pw@10.0.0.1:6380/3", "rediss://h:6379/0", "unix:///run/redis.sock"):
+        assert parse(url) == RedisTarget("standalone", url)
+
+
+def test_sentinel_urls_name_the_sentinels_database_service_and_credentials() -> None:
+    url = "redis+sentinel://:s%40cret@10.0.0.1:26379,[::1]:26380/2/wshub"
+    assert parse(url) == RedisTarget(
+        "sentinel",
+        url,
+        (("10.0.0.1", 26379), ("::1", 26380)),
+        "wshub",
+        {"ssl": False, "password": "s@cret", "db": 2},
+    )
+    bare = parse("redis+sentinel://user:pw@h:26379")
+    assert (bare.service, bare.options) == (
+        "mymaster",
+        {"ssl": False, "username": "user", "password": "pw"},
+    )
+    assert parse("rediss+sentinel://h:26379/0").options == {"ssl": True, "db": 0}
+    assert not bare.sharded
+
+
+def test_cluster_urls_name_the_start_nodes() -> None:
+    target = parse("rediss+cluster://:pw@h1:7000,h2:7001")
+    assert (target.kind, target.nodes, target.options) == (
+        "cluster",
+        (("h1", 7000), ("h2", 7001)),
+        {"ssl": True, "password": "pw"},
+    )
+    assert target.sharded
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("memcached://h:1", "unsupported Redis URL scheme 'memcached'"),
+        ("redis+shard://h:1", "unsupported Redis URL scheme 'redis+shard'"),
+        ("redis+cluster://h:7000/1", "a redis+cluster:// URL takes no path"),
+        ("redis+sentinel://h/0", "Redis node 'h' needs a host and a port"),
+        ("redis+sentinel://h:x/0", "Redis URL port 'x' is not a number"),
+        ("redis+sentinel://h:26379/zero", "Redis URL database 'zero' is not a number"),
+    ],
+)
+def test_bad_urls_say_what_is_wrong(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse(url)
+
+
+async def test_each_topology_gets_its_client() -> None:
+    single = connect(parse("redis://h:6379/1"), timeout=1, pool_size=3, decode_responses=True)
+    assert type(single) is Redis and single.connection_pool.max_connections == 3
+    sentinel = connect(
+        parse("rediss+sentinel://h:26379/0/svc"), timeout=1, pool_size=3, decode_responses=True
+    )
+    assert isinstance(sentinel.connection_pool, SentinelConnectionPool)
+    assert sentinel.connection_pool.service_name == "svc"
+    assert sentinel.connection_pool.connection_class is SentinelManagedSSLConnection
+    cluster = connect(
+        parse("rediss+cluster://h:7000"), timeout=1, pool_size=3, decode_responses=True
+    )
+    assert isinstance(cluster, QueuedRedisCluster)
+    assert cluster.nodes_manager.connection_kwargs["connection_class"] is SSLConnection
+    for client in (single, sentinel, cluster):
+        await client.aclose()
