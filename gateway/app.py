@@ -83,6 +83,7 @@ class Gateway:
                 node_id=store.node_id,
                 prefix=settings.redis_prefix,
                 probe_timeout=settings.backplane_probe_timeout,
+                registry=self.metrics.registry,
             )
         self.router.attach(self.sessions, self.backplane)
         self.sessions.recovery.remote = self.router
