@@ -15,7 +15,9 @@ a Redis Cluster keeps them in one slot, where a script may touch them together::
                                  session's private id), away ("1" while its transport is gone)
     T user:{name}        hash    sid -> route ("node" or "node away") of each holder of the name
     T followers:{name}   set     sids whose ``following`` contains name
-    T live               set     every connection in the cluster (SCARD is the active count)
+    T live               set     every connection in the cluster
+    T away               set     those of them that are away (waiting for recovery): SCARD of
+                                 live minus SCARD of away is the active count
     T total              counter connections ever accepted
     T epoch              string  random id of this dataset's life, to notice a wiped Redis
 
@@ -164,11 +166,23 @@ local function apply(sid, name, metadata, following)
   redis.call('HSET', conn, 'metadata', metadata, 'following', following)
 end
 
+-- Mark a connection away ('1': its transport is gone, its session waits) or back.
+local function mark_away(sid, away)
+  if away == '1' then
+    redis.call('HSET', T .. 'conn:' .. sid, 'away', '1')
+    redis.call('SADD', T .. 'away', sid)
+  else
+    redis.call('HDEL', T .. 'conn:' .. sid, 'away')
+    redis.call('SREM', T .. 'away', sid)
+  end
+end
+
 -- Forget sid everywhere; returns {connect_time, metadata, username, node} or false.
 local function remove(sid)
   local conn = T .. 'conn:' .. sid
   local f = redis.call('HMGET', conn, 'node', 'connect_time', 'username', 'metadata', 'following')
   redis.call('SREM', T .. 'live', sid)
+  redis.call('SREM', T .. 'away', sid)
   if not f[1] then return false end
   release(sid, f[3])
   refollow(sid, f[5] or '[]', '[]')
@@ -254,8 +268,7 @@ for _ = 1, tonumber(ARGV[4]) do
   local sid = ARGV[i]
   local conn = T .. 'conn:' .. sid
   redis.call('HSET', conn, 'node', node, 'connect_time', ARGV[i + 1], 'pid', ARGV[i + 6])
-  if ARGV[i + 7] == '1' then redis.call('HSET', conn, 'away', '1')
-  else redis.call('HDEL', conn, 'away') end
+  mark_away(sid, ARGV[i + 7])
   redis.call('SADD', T .. 'live', sid)
   redis.call('SADD', T .. 'node:' .. node .. ':sids', sid)
   local name = ARGV[i + 2] == '1' and ARGV[i + 3]
@@ -282,8 +295,7 @@ wrote(ARGV[3])
 local conn = T .. 'conn:' .. sid
 local f = redis.call('HMGET', conn, 'node', 'username')
 if f[1] ~= ARGV[3] then return 0 end
-if ARGV[4] == '1' then redis.call('HSET', conn, 'away', '1')
-else redis.call('HDEL', conn, 'away') end
+mark_away(sid, ARGV[4])
 if f[2] then redis.call('HSET', T .. 'user:' .. f[2], sid, route(f[1], ARGV[4])) end
 return 1
 """
@@ -296,7 +308,7 @@ local conn = T .. 'conn:' .. sid
 local f = redis.call('HMGET', conn, 'node', 'connect_time', 'username', 'metadata')
 if f[1] ~= from then return false end
 redis.call('HSET', conn, 'node', to)
-redis.call('HDEL', conn, 'away')
+mark_away(sid, '0')
 redis.call('SREM', T .. 'node:' .. from .. ':sids', sid)
 redis.call('SADD', T .. 'node:' .. to .. ':sids', sid)
 redis.call('SADD', T .. 'nodes', to)
@@ -628,13 +640,15 @@ class RedisStore:
             async with self._pipeline() as pipe:
                 for chunk in _chunks(sids):
                     for sid in chunk:
-                        pipe.hmget(self._key("conn", sid), ["connect_time", "username", "metadata"])
+                        pipe.hmget(
+                            self._key("conn", sid), ["connect_time", "username", "metadata", "away"]
+                        )
                     replies = await pipe.execute()
                     found.extend(
                         presence
-                        for sid, fields in zip(chunk, replies, strict=True)
-                        # Gone between the two round trips.
-                        if (presence := _presence(sid, fields)) is not None
+                        for sid, (*fields, away) in zip(chunk, replies, strict=True)
+                        # Gone between the two round trips, or away (not connected).
+                        if not away and (presence := _presence(sid, fields)) is not None
                     )
         # The order a single process would give: by arrival.
         found.sort(key=lambda p: (p.connect_time, p.sid))
@@ -644,9 +658,10 @@ class RedisStore:
         with self._guard():
             async with self._pipeline() as pipe:
                 pipe.scard(self._key("live"))
+                pipe.scard(self._key("away"))
                 pipe.get(self._key("total"))
-                active, total = await pipe.execute()
-        return Counts(active=int(active), total=int(total or 0))
+                live, away, total = await pipe.execute()
+        return Counts(active=int(live) - int(away), total=int(total or 0))
 
     async def set_away(self, sid: str, away: bool) -> bool:
         async with self._writing():

@@ -154,3 +154,20 @@ async def test_record_knows_the_node_and_the_private_id(store: PresenceStore) ->
     record = await store.record("a")
     assert record is not None and record.away
     assert await store.record("nobody") is None
+
+
+async def test_away_connections_are_neither_listed_nor_counted(store: PresenceStore) -> None:
+    for sid in ("a", "b"):
+        await store.connect(sid, T0)
+    await store.save("a", "alice", {})
+    assert await store.set_away("a", True)
+    assert [p.sid for p in await store.clients()] == ["b"]
+    counts = await store.counts()
+    assert (counts.active, counts.total) == (1, 2)
+    assert await store.connections_of("alice") == [Address("a", store.node_id, away=True)]
+    assert await store.set_away("a", False)  # resumed
+    assert sorted(p.sid for p in await store.clients()) == ["a", "b"]
+    assert (await store.counts()).active == 2
+    await store.set_away("a", True)
+    await store.disconnect("a")  # an away connection that ends leaves no trace in the counts
+    assert (await store.counts()).active == 1
