@@ -24,11 +24,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
 import orjson
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..store.base import StoreUnavailable
+from ..store.redis import unavailable
 from ..store.redis_topology import AnyRedis
 
 PENDING_SECONDS: Final = 30.0
@@ -36,7 +34,6 @@ PENDING_SECONDS: Final = 30.0
 that a node that died mid-call does not block the key for the whole window."""
 
 # Redis cannot serve now (as opposed to a bug in a script): the call is answered UNAVAILABLE.
-_UNAVAILABLE: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,5 +221,7 @@ class RedisIdempotency:
     async def _call(self, script: Any, scope: str, *args: Any) -> Any:
         try:
             return await script(keys=[self._tag + scope], args=list(args))
-        except _UNAVAILABLE as exc:
+        except Exception as exc:
+            if not unavailable(exc):  # the presence store's rule: one list of what is an outage
+                raise
             raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
