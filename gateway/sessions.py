@@ -307,11 +307,13 @@ class Sessions:
         message: str,
         *,
         reconnect: bool | None = None,
+        at_once: bool = False,
     ) -> None:
         """End *client* for *reason*: tell it why, then close it (a closing one is left be).
 
         *reconnect* overrides whether the client should come back by itself (the reason's
-        default otherwise, :func:`~gateway.protocol.close.reconnects`).
+        default otherwise, :func:`~gateway.protocol.close.reconnects`). *at_once* ends the
+        Engine.IO session now instead of giving the client ``close_timeout`` to fetch the rest.
         """
         if client.state in (State.CLOSING, State.CLOSED):
             return
@@ -333,13 +335,17 @@ class Sessions:
             client.link.drop_backlog()
             client.abort_tcp = True
             await client.fire(Event.ABORT)
+        elif at_once:
+            await client.fire(Event.ABORT)  # the session ends; its TCP connection is left be
         else:
             client.link.finish()
 
-    async def protocol_error(self, client: Client, problem: str) -> None:
-        """The client broke the protocol: one log line, and its session ends."""
+    async def protocol_error(self, client: Client, problem: str, *, at_once: bool = False) -> None:
+        """The client broke the protocol: one log line, and its session ends (*at_once*:
+        without a goodbye to fetch, when the client was told already)."""
         log.info("protocol error from %s: %s", client.address, problem)
-        await self.close(client, CloseReason.PROTOCOL_ERROR, f"Protocol error: {problem}")
+        message = f"Protocol error: {problem}"
+        await self.close(client, CloseReason.PROTOCOL_ERROR, message, at_once=at_once)
 
     async def adopt_transport(self, session: Client, new: Client) -> None:
         """Connection state recovery: *new* (connecting, on a fresh transport) presented the

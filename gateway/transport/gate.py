@@ -51,8 +51,12 @@ class SessionControl(Protocol):
         """A request of session *eio_sid* arrived from *peer* (polling moves between them);
         False when there is no such session, or no more."""
 
-    def end_session(self, eio_sid: str, problem: str) -> None:
-        """End session *eio_sid*: its client broke the protocol."""
+    def end_session(self, eio_sid: str, problem: str, *, at_once: bool = False) -> None:
+        """End session *eio_sid*: its client broke the protocol. *at_once*: without waiting for
+        the client to fetch a goodbye (the HTTP error it gets is the goodbye)."""
+
+    def upgraded(self, eio_sid: str) -> bool:
+        """Whether session *eio_sid* already runs over a WebSocket."""
 
 
 class Gate:
@@ -102,6 +106,12 @@ class Gate:
                 await self._forward(scope, receive, _answer_ok(send))
         elif scope["type"] == "http" and scope.get("method") == "GET":
             await self._poll(scope, receive, send, eio_sid)
+        elif scope["type"] == "websocket" and self._sessions.upgraded(eio_sid):
+            # A second WebSocket for a session that has one: accepted and closed at once, as
+            # the reference server does (python-engineio refuses it with a bare 403).
+            await receive()
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": 1000})
         else:
             await self._forward(scope, receive, send)
 
@@ -128,7 +138,7 @@ class Gate:
         async def watch() -> None:
             message = await receive()
             if message["type"] == "http.disconnect" and not answered:
-                self._sessions.end_session(eio_sid, "polling request abandoned")
+                self._sessions.end_session(eio_sid, "polling request abandoned", at_once=True)
 
         watcher = asyncio.ensure_future(watch())
         try:
@@ -214,7 +224,7 @@ class Gate:
     async def _reject_body(
         self, scope: dict[str, Any], send: Any, eio_sid: str, status: int, problem: str
     ) -> None:
-        self._sessions.end_session(eio_sid, problem)
+        self._sessions.end_session(eio_sid, problem, at_once=True)
         await _refuse(scope, send, Refusal(status, ErrorCode.INVALID_FORMAT, problem))
         return None
 

@@ -262,7 +262,11 @@ class SocketIOLayer:
             client.link.peer = peer  # a polling session moves between TCP connections
         return True
 
-    def end_session(self, eio_sid: str, problem: str) -> None:
+    def end_session(self, eio_sid: str, problem: str, *, at_once: bool = False) -> None:
         client = self.sessions.table.by_eio.get(eio_sid)
         if isinstance(client, Client):
-            self.sessions.spawn(self.sessions.protocol_error(client, problem))
+            self.sessions.spawn(self.sessions.protocol_error(client, problem, at_once=at_once))
+
+    def upgraded(self, eio_sid: str) -> bool:
+        socket = self.eio.socket(eio_sid)
+        return socket is not None and bool(socket.upgraded)

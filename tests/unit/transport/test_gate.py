@@ -29,13 +29,19 @@ class Sessions:
         self.known = known if known is not None else {"s1"}
         self.seen_from: list[tuple[str, Any]] = []
         self.ended: list[tuple[str, str]] = []
+        self.at_once: list[bool] = []
+        self.on_websocket: set[str] = set()
 
     async def seen(self, eio_sid: str, peer: Any) -> bool:
         self.seen_from.append((eio_sid, peer))
         return eio_sid in self.known
 
-    def end_session(self, eio_sid: str, problem: str) -> None:
+    def end_session(self, eio_sid: str, problem: str, *, at_once: bool = False) -> None:
         self.ended.append((eio_sid, problem))
+        self.at_once.append(at_once)
+
+    def upgraded(self, eio_sid: str) -> bool:
+        return eio_sid in self.on_websocket
 
 
 class App:
@@ -344,6 +350,7 @@ async def test_a_bad_body_is_answered_and_ends_the_session(body, length, status,
     expected = {"code": "INVALID_FORMAT", "message": problem}
     assert (answer.status, answer.json()) == (status, expected)
     assert sessions.ended == [("s1", problem)] and app.scopes == []
+    assert sessions.at_once == [True]  # the HTTP error is the goodbye: the session ends now
 
 
 async def test_a_body_exactly_at_the_limit_is_read() -> None:
@@ -400,7 +407,7 @@ async def test_an_abandoned_poll_ends_the_session_and_an_answered_one_does_not()
     app.hold = asyncio.Event()
     waiting = asyncio.create_task(call(the_gate, scope(POLL)))  # the client goes at once
     await asyncio.sleep(0.01)
-    assert sessions.ended == [("s1", "polling request abandoned")]
+    assert sessions.ended == [("s1", "polling request abandoned")] and sessions.at_once == [True]
     app.hold.set()
     await waiting
     app.hold = None
@@ -433,3 +440,14 @@ async def test_an_exception_after_the_answer_began_adds_no_second_answer(caplog)
     answer = await call(the_gate, scope(POLL))
     assert [m["type"] for m in answer.messages] == ["http.response.start"]
     assert len(caplog.records) == 1
+
+
+async def test_a_second_websocket_for_an_upgraded_session_is_accepted_and_closed() -> None:
+    the_gate, app, sessions, _ = gate()
+    sessions.on_websocket.add("s1")
+    answer = await call(the_gate, scope("EIO=4&transport=websocket&sid=s1", kind="websocket"))
+    assert answer.messages == [
+        {"type": "websocket.accept"},
+        {"type": "websocket.close", "code": 1000},
+    ]
+    assert app.scopes == []  # python-engineio never saw it (it would answer a bare 403)
