@@ -66,6 +66,7 @@ class Gateway:
                 prefix=settings.redis_prefix,
                 lease_seconds=settings.redis_lease_seconds,
                 claim=claim_policy(settings),
+                route_cache_seconds=settings.route_cache_seconds,
             )
         store = store or MemoryStore()
         clock = time.monotonic
@@ -84,8 +85,12 @@ class Gateway:
                 prefix=settings.redis_prefix,
                 probe_timeout=settings.backplane_probe_timeout,
                 registry=self.metrics.registry,
+                on_routes=store.forget_routes,
             )
-        self.router.attach(self.sessions, self.backplane)
+            store.on_routes_changed(self.backplane.announce_routes)
+            self.router.attach(self.sessions, self.backplane, unreachable=store.unreachable)
+        else:
+            self.router.attach(self.sessions)
         self.sessions.recovery.remote = self.router
         store.on_evicted(self.sessions.evicted)
         self.transport = SocketIOLayer(settings, self.sessions, self.peers, clock)
@@ -139,9 +144,11 @@ class Gateway:
         for job in pending:
             job.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        # The store first: closing removes this node's connections, and the backplane tells
+        # the other nodes' route caches.
+        await self.hub.store.close()
         if self.backplane is not None:
             await self.backplane.stop()
-        await self.hub.store.close()
 
     async def drain(self) -> None:
         """Disconnect every client, in batches spread over ``drain_window`` seconds.

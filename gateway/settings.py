@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     redis_prefix: str = "wshub:"
     # A process that dies without cleaning up leaves the hub within about 4/3 of this.
     redis_lease_seconds: float = Field(15.0, gt=0, le=3_600)
+    # Each node remembers where a username's connections are for at most this long (every
+    # change is announced to all nodes at once; this only bounds a lost announcement). 0: every
+    # message asks Redis.
+    route_cache_seconds: float = Field(30.0, ge=0, le=3_600)
     backplane_probe_interval: float = Field(5.0, gt=0, le=3_600)
     backplane_probe_timeout: float = Field(2.0, gt=0, le=600)
 

@@ -87,6 +87,7 @@ from .base import (
     UsernameTaken,
 )
 from .redis_topology import AnyRedis, RedisTarget, cancellation_kept, connect, parse
+from .route_cache import RouteCache
 
 log = logging.getLogger("wshub.store")
 
@@ -377,6 +378,11 @@ return #sids
 POOL_SIZE = 32
 
 EvictionListener = Callable[[list[str]], Awaitable[None]]
+# Told the usernames whose routes this node just changed (None: any number of them).
+RouteListener = Callable[[list[str] | None], None]
+
+# Usernames whose routes a node remembers (gateway.store.route_cache), about 200 bytes each.
+_ROUTES_KEPT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,6 +407,9 @@ class RedisStore:
     node's connections vanish from the hub within about ``lease_seconds * 4 / 3`` after it dies
     without :meth:`close`. *timeout* (seconds) bounds every Redis call, connecting included.
     *claim* says how a restore treats names that other connections hold meanwhile.
+    *route_cache_seconds* > 0 keeps the answers of :meth:`connections_of`
+    (``gateway.store.route_cache``); that is only coherent when the route changes of every
+    node reach every other (:meth:`on_routes_changed` to :meth:`forget_routes`: the backplane).
     """
 
     def __init__(
@@ -412,6 +421,7 @@ class RedisStore:
         lease_seconds: float = 15.0,
         timeout: float = 5.0,
         claim: Claim = Claim.UNIQUE,
+        route_cache_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if lease_seconds <= 0:
@@ -441,6 +451,10 @@ class RedisStore:
 
         self._mirror: dict[str, _Local] = {}
         self._eviction_listeners: list[EvictionListener] = []
+        self._route_listeners: list[RouteListener] = []
+        self.routes: RouteCache | None = None
+        if route_cache_seconds > 0:
+            self.routes = RouteCache(ttl=route_cache_seconds, size=_ROUTES_KEPT, clock=clock)
         self._accepted = 0
         self._writes = 0
         """This node's writes that Redis acknowledged (see ``node:{id}:writes``)."""
@@ -500,6 +514,25 @@ class RedisStore:
     def on_evicted(self, listener: EvictionListener) -> None:
         self._eviction_listeners.append(listener)
 
+    def on_routes_changed(self, listener: RouteListener) -> None:
+        """*listener* hears the usernames whose routes this node changed, right after Redis
+        applied the change: the backplane tells the other nodes, whose caches forget them."""
+        self._route_listeners.append(listener)
+
+    def forget_routes(self, names: list[str] | None) -> None:
+        """Another node changed the routes of *names* (None: of any name, or some were missed)."""
+        if self.routes is None:
+            return
+        if names is None:
+            self.routes.forget_all()
+        else:
+            self.routes.forget(names)
+
+    def unreachable(self, node: str) -> None:
+        """Node *node* took no message: routes to it are not trusted until asked again."""
+        if self.routes is not None:
+            self.routes.forget_node(node)
+
     async def restore(self) -> None:
         """Make Redis hold exactly this node's mirrored connections again, and retake the lease.
 
@@ -534,6 +567,7 @@ class RedisStore:
                         self._mirror[sid] = replace(entry, username=None)
             # Redis holds all of this node's writes now; the count starts again from here.
             await self._redis.set(self._key("node", self.node_id, "writes"), self._writes)
+        self._routes_changed(None)  # other nodes may have cached what Redis lacked meanwhile
         if not self._reachable:
             log.info(
                 "node %s registered in Redis with %d connection(s)", self.node_id, len(self._mirror)
@@ -560,6 +594,8 @@ class RedisStore:
             self._writes += 1
         if removed:
             connect_time, metadata, username, _ = removed[0]
+            if username:
+                self._routes_changed([username])
             return Presence(sid, connect_time, username, orjson.loads(metadata))
         if local is not None:
             # Already gone from Redis (reaped, displaced, a retried call): the mirror knows it.
@@ -621,12 +657,23 @@ class RedisStore:
                 self._mirror[sid] = replace(
                     local, username=username, metadata=encoded, following=following
                 )
+        if local is None:
+            self._routes_changed(None)  # the name it held before is not known here
+        elif local.username != username:
+            self._routes_changed([n for n in (local.username, username) if n is not None])
         return Saved(Presence(sid, connect_time, username, decoded), displaced)
 
     async def connections_of(self, username: str) -> Sequence[Address]:
+        cache = self.routes
+        if cache is not None and (known := cache.get(username)) is not None:
+            return list(known)  # the caller's to change
+        ticket = cache.ticket() if cache is not None else 0
         with self._guard():
             routes = cast(dict[str, str], await self._redis.hgetall(self._key("user", username)))
-        return [_address(sid, where) for sid, where in routes.items()]
+        addresses = [_address(sid, where) for sid, where in routes.items()]
+        if cache is not None:
+            cache.store(username, addresses, ticket)
+        return addresses
 
     async def followers_of(self, username: str) -> Sequence[Address]:
         with self._guard():
@@ -672,7 +719,9 @@ class RedisStore:
             with self._guard():
                 mine = await self._call(self._away, sid, self.node_id, "1" if away else "0")
             self._writes += 1
-            return bool(mine)
+        if local.username is not None:
+            self._routes_changed([local.username])  # an away route counts as held, not delivered
+        return bool(mine)
 
     async def record(self, sid: str) -> SessionRecord | None:
         with self._guard():
@@ -693,6 +742,8 @@ class RedisStore:
         if not moved:
             return None
         connect_time, username, metadata = moved
+        if username:
+            self._routes_changed([username])
         return Presence(sid, connect_time, username, orjson.loads(metadata or "{}"))
 
     def adopt(self, presence: Presence, pid_hash: str) -> None:
@@ -794,13 +845,22 @@ class RedisStore:
     async def _reap_node(self, node: str) -> int:
         """Remove the connections of a node without a lease; how many were removed."""
         removed = 0
-        while True:
-            count = int(await self._call(self._reap, node, _BATCH))
-            if count < 0:  # it came back
-                return removed
-            removed += count
-            if count < _BATCH:
-                return removed
+        try:
+            while True:
+                count = int(await self._call(self._reap, node, _BATCH))
+                if count < 0:  # it came back
+                    return removed
+                removed += count
+                if count < _BATCH:
+                    return removed
+        finally:
+            if removed:
+                self._routes_changed(None)  # the names are not known here, only how many
+
+    def _routes_changed(self, names: list[str] | None) -> None:
+        self.forget_routes(names)
+        for listener in self._route_listeners:
+            listener(names)
 
     def _key(self, *parts: str) -> str:
         return self._tag + ":".join(parts)

@@ -15,7 +15,15 @@ node reads only what it needs::
     Q<origin>\\n<request id>\\n<JSON>                  a request to this node (answered with A)
     A<origin>\\n<request id>\\n<JSON>                  the answer
     C<origin>\\n<JSON>                                 a control message, no answer
+    R<origin>\\n<JSON list of usernames, or null>      these routes changed (on the broadcast
+                                                      channel; null: any of them)
     P<origin>\\n<nonce>                                the self-probe
+
+Route announcements keep every node's cache of where usernames are
+(``gateway.store.route_cache``) coherent: the names a node changes within one step of the
+event loop go out in one frame, after Redis applied the changes; a name that could not be
+announced is announced again until it is; and every (re)subscription of the broadcast channel
+tells the cache to forget everything, since announcements made meanwhile were missed.
 
 Pub/sub is at most once: a node that is not subscribed when a message is published never gets
 it. ``PUBLISH`` says how many subscribers took a message, so a message to a node that is not
@@ -31,7 +39,7 @@ meanwhile).
 
 ``wshub_backplane_frames_received{kind}`` counts the frames this node decoded: with targeted
 routing a node sees the deliveries, requests and control messages addressed to it, every
-broadcast and every node's probe, nothing else.
+broadcast, every route announcement and every node's probe, nothing else.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import orjson
@@ -63,8 +71,11 @@ _KINDS = {
     b"Q": "request",
     b"A": "answer",
     b"C": "control",
+    b"R": "routes",
     b"P": "probe",
 }
+# Past this many names waiting to be announced, one "forget every route" is sent instead.
+_ANNOUNCED_NAMES_MAX = 1_000
 
 
 class BackplaneUnavailable(StoreUnavailable):
@@ -94,8 +105,10 @@ class Backplane:
         probe_timeout: float,
         timeout: float = 5.0,
         registry: CollectorRegistry | None = None,
+        on_routes: Callable[[list[str] | None], None] | None = None,
     ) -> None:
-        """*registry* is where the frame counter is exposed (none: counted, not exposed)."""
+        """*registry* is where the frame counter is exposed (none: counted, not exposed);
+        *on_routes* hears the route announcements of other nodes (None: forget every route)."""
         self.node_id = node_id
         self._origin = node_id.encode()
         self._inbox = inbox
@@ -118,7 +131,7 @@ class Backplane:
         self.frames_received = Counter(
             "wshub_backplane_frames_received",
             "Backplane frames this node decoded, by kind (deliver, broadcast, request, answer, "
-            "control, probe)",
+            "control, routes, probe)",
             ["kind"],
             registry=registry,
         )
@@ -131,6 +144,11 @@ class Backplane:
         self._heard: dict[bytes, asyncio.Event] = {}
         self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
         self._work: set[asyncio.Task[Any]] = set()
+        self._on_routes = on_routes
+        self._unannounced: set[str] = set()
+        self._unannounced_all = False
+        self._announcer: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def channel_of(self, node: str) -> str:
         return f"{self._prefix}ch:node:{node}"
@@ -156,7 +174,15 @@ class Backplane:
             )
 
     async def stop(self) -> None:
+        if self._announcer is not None and not self._announcer.done():
+            # The last changes (this node's own connections, removed as it closed) reach the
+            # other nodes if they can; if not, their caches age them out.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._announcer), self._probe_timeout)
+        self._stopped = True
         tasks = [*self._listeners.values(), *self._work]
+        if self._announcer is not None:
+            tasks.append(self._announcer)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -195,6 +221,22 @@ class Backplane:
         return await self._publish(
             self.channel_of(node), b"C%b\n%b" % (self._origin, orjson.dumps(body))
         )
+
+    def announce_routes(self, names: list[str] | None) -> None:
+        """Tell every other node that the routes of *names* (None: of any name) changed: in one
+        frame with whatever else changed in this step of the event loop, retried until sent."""
+        if self._stopped:
+            return
+        if names is None:
+            self._unannounced_all = True
+        else:
+            self._unannounced.update(names)
+        if len(self._unannounced) > _ANNOUNCED_NAMES_MAX:
+            self._unannounced_all = True
+        if self._unannounced_all:
+            self._unannounced.clear()
+        if self._announcer is None or self._announcer.done():
+            self._announcer = asyncio.create_task(self._announce(), name="wshub:backplane:routes")
 
     async def request(
         self, node: str, body: dict[str, Any], timeout: float
@@ -271,6 +313,25 @@ class Backplane:
             raise BackplaneUnavailable(f"cannot publish to Redis: {exc}") from exc
         return int(taken)
 
+    async def _announce(self) -> None:
+        failures = 0
+        while self._unannounced or self._unannounced_all:
+            await asyncio.sleep(0)  # what else changes in this step goes in the same frame
+            names = None if self._unannounced_all else sorted(self._unannounced)
+            self._unannounced_all = False
+            self._unannounced.clear()
+            try:
+                await self._publish(
+                    self.broadcast_channel, b"R%b\n%b" % (self._origin, orjson.dumps(names))
+                )
+                failures = 0
+            except BackplaneUnavailable as exc:
+                self.announce_routes(names)  # back in the queue, merged with what came since
+                pause = _RETRY_PAUSES[min(failures, len(_RETRY_PAUSES) - 1)]
+                failures += 1
+                log.warning("route announcement not sent (%s); again in %.2f s", exc, pause)
+                await asyncio.sleep(pause)
+
     # -- receiving
 
     def _spawn_listener(self, channel: str) -> None:
@@ -288,6 +349,8 @@ class Backplane:
                 with cancellation_kept():
                     pubsub = await self._subscribe(channel)
                 subscribed.set()
+                if channel == self.broadcast_channel and self._on_routes is not None:
+                    self._on_routes(None)  # announcements made while not subscribed are lost
                 failures = 0
                 while True:
                     message = await pubsub.get_message(timeout=None)
@@ -376,6 +439,8 @@ class Backplane:
                 waiter.set_result(orjson.loads(body))
         elif kind == b"C":
             self._spawn(self._inbox.control(orjson.loads(rest)))
+        elif kind == b"R" and origin != self._origin and self._on_routes is not None:
+            self._on_routes(orjson.loads(rest))
 
     async def _answer(self, origin: str, rid: bytes, body: dict[str, Any]) -> None:
         answer = await self._inbox.request(body)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..observability.metrics import Metrics
@@ -37,6 +37,8 @@ class Router:
 
     _sessions: Sessions
     backplane: Backplane | None = None
+    # Told the node that took no message (the presence store's route cache stops trusting it).
+    _unreachable: Callable[[str], None] | None = None
 
     def __init__(self, metrics: Metrics, *, node_id: str, probe_timeout: float) -> None:
         self.node_id = node_id
@@ -44,10 +46,17 @@ class Router:
         # One labelled child per event name, looked up once: labels() is a lock and a dict walk.
         self._delivered = functools.lru_cache(maxsize=64)(metrics.delivered.labels)
 
-    def attach(self, sessions: Sessions, backplane: Backplane | None = None) -> None:
+    def attach(
+        self,
+        sessions: Sessions,
+        backplane: Backplane | None = None,
+        *,
+        unreachable: Callable[[str], None] | None = None,
+    ) -> None:
         self._sessions = sessions
         self._table = sessions.table
         self.backplane = backplane
+        self._unreachable = unreachable
 
     # -- services.ports.Delivery
 
@@ -69,6 +78,8 @@ class Router:
                 unreachable, taken = exc, False
             if not taken:
                 failed += len(addresses)
+                if self._unreachable is not None:
+                    self._unreachable(node)
                 continue
             away = sum(1 for a in addresses if a.away)
             held += away

@@ -18,9 +18,13 @@ from typing import Any
 
 import pytest
 
+from gateway.store.base import Address
+from gateway.store.redis import RedisStore
+from gateway.store.route_cache import RouteCache
 from tests.support import topologies
 from tests.support.client import Client, Clients
 from tests.support.hub import Hub, Node, backplane_of, ready
+from tests.support.raw import eventually
 from tests.support.redis_cluster import ClusterNode, RedisClusterServer, slot_of
 from tests.support.redis_proxy import DeafeningProxy
 from tests.support.redis_server import RedisServer
@@ -415,6 +419,72 @@ async def test_direct_messages_are_decoded_by_their_node_only(
 
     await wait_until(everyone_decoded_it, timeout=3)
     assert all(frames(s).get("probe", 0) > 0 for s in (a, b, c))
+
+
+# -- route caches -------------------------------------------------------------------------
+
+
+def route_cache_of(server: LiveServer) -> RouteCache:
+    assert server.gateway is not None
+    store = server.gateway.hub.store
+    assert isinstance(store, RedisStore) and store.routes is not None
+    return store.routes
+
+
+async def forgets(server: LiveServer, name: str) -> None:
+    """Until *server*'s route cache no longer answers for *name* (an announcement reached it)."""
+    cache = route_cache_of(server)
+    await eventually(lambda: cache.get(name) is None, timeout=3)
+
+
+async def cached_route(sender: Client, server: LiveServer, name: str) -> list[str]:
+    """Direct messages to *name* until *server* keeps its route (an announcement that arrives
+    while a lookup is out keeps that answer out of the cache); the nodes it routes to."""
+    cache = route_cache_of(server)
+
+    async def kept() -> tuple[Address, ...] | None:
+        assert await direct(sender, name) == "ok"
+        return cache.get(name)
+
+    return [address.node for address in await eventually(kept, timeout=3)]
+
+
+async def test_a_user_who_moves_is_followed_by_every_nodes_route_cache(
+    hub: Hub, clients: Clients
+) -> None:
+    a, b, c = hub.start_local(3)
+    alice = await clients.connect(a.url, "alice")
+    bob = await clients.connect(b.url, "bob")
+    assert await cached_route(alice, a, "bob") == [backplane_of(b).node_id]
+
+    await bob.close()
+    await forgets(a, "bob")
+    assert await direct(alice, "bob", n=2) == "not_found"
+    assert route_cache_of(a).get("bob") == ()  # remembered as absent ...
+    bob_again = await clients.connect(c.url, "bob")
+    await forgets(a, "bob")  # ... until the name is claimed again, on another node
+    assert await direct(alice, "bob", n=3) == "ok"
+    assert (await bob_again.expect("system:direct"))["n"] == 3
+    assert await cached_route(alice, a, "bob") == [backplane_of(c).node_id]
+    assert frames(b).get("routes", 0) > 0 and frames(c).get("routes", 0) > 0
+
+
+async def test_announcements_missed_while_unsubscribed_forget_every_route(
+    hub: Hub, clients: Clients
+) -> None:
+    a, b = hub.start_local(2)
+    alice = await clients.connect(a.url, "alice")
+    await clients.connect(b.url, "bob")
+    await cached_route(alice, a, "bob")
+    plane = backplane_of(a)
+
+    async def resubscribe() -> None:
+        # The broadcast subscription restarts, as after a lost connection or a failed probe.
+        plane._restart(plane.broadcast_channel)
+
+    a.call(resubscribe)
+    await eventually(lambda: len(route_cache_of(a)) == 0, timeout=3)
+    assert await direct(alice, "bob") == "ok"  # asked again, and found
 
 
 # -- a Sentinel failover ------------------------------------------------------------------

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from gateway.store.base import StoreUnavailable, UsernameTaken
+from gateway.store.base import Address, StoreUnavailable, UsernameTaken
 from gateway.store.redis import RedisStore
 from gateway.store.redis_topology import AnyRedis
 from tests.support import topologies
@@ -94,6 +94,43 @@ async def test_nodes_share_names_followers_clients_and_counts(make_store: StoreF
     await n1.save("b", "bobby", {})  # and update it
     assert await holders(n2, "bobby") == ["b"]
     assert (await n2.counts()).active == 2
+
+
+async def test_route_caches_wired_together_follow_every_change(make_store: StoreFactory) -> None:
+    """Each node remembers where names are; the changes one node makes reach the other's cache
+    (as the backplane carries them in the gateway), so no answer is ever stale."""
+    n1 = await make_store("n1", route_cache_seconds=30)
+    n2 = await make_store("n2", route_cache_seconds=30)
+    n1.on_routes_changed(n2.forget_routes)
+    n2.on_routes_changed(n1.forget_routes)
+    assert n1.routes is not None
+    await n1.connect("a", T0)
+    await n2.connect("b", T1)
+    assert await n1.connections_of("bob") == []  # absent, and remembered as absent
+    await n2.save("b", "bob", {})
+    assert await n1.connections_of("bob") == [Address("b", "n2", False)]
+    hits = n1.routes.hits
+    assert await n1.connections_of("bob") == [Address("b", "n2", False)]
+    assert n1.routes.hits == hits + 1  # from memory: no round trip
+
+    await n2.set_away("b", True)  # its transport is gone; it waits for recovery
+    assert await n1.connections_of("bob") == [Address("b", "n2", True)]
+    moved = await n2.move("b", "n1")  # and resumes on n1
+    assert moved is not None
+    n1.adopt(moved, "")
+    assert await n1.connections_of("bob") == [Address("b", "n1", False)]
+    assert await n2.connections_of("bob") == [Address("b", "n1", False)]
+    await n1.save("b", "bobby", {})  # renamed by its new holder
+    assert await n2.connections_of("bob") == []
+    assert await n2.connections_of("bobby") == [Address("b", "n1", False)]
+    await n1.disconnect("b")
+    assert await n2.connections_of("bobby") == []
+
+    await n1.connect("c", T1)
+    await n1.save("c", "carol", {})
+    assert await n2.connections_of("carol") == [Address("c", "n1", False)]
+    await n1.close()  # a node that closes takes its names with it
+    assert await n2.connections_of("carol") == []
 
 
 async def test_concurrent_claims_of_one_name_have_one_winner(make_store: StoreFactory) -> None:
