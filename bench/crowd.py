@@ -24,6 +24,7 @@ import queue
 import signal
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -192,6 +193,23 @@ def tree_cpu_ms(root: int) -> float:
         if fields is not None:
             ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))
     return ticks * 1000 / run.CLK_TCK
+
+
+def tree_cpu_ms_precise(root: int) -> float:
+    """CPU time (ms) of every live thread of every process under *root*, to the nanosecond
+    (``/proc/PID/task/TID/schedstat``), plus what each process's reaped children used (ticks).
+    A thread that ended is not counted: the gateway's threads live as long as it does."""
+    total_ns = 0
+    child_ticks = 0
+    for pid in run.process_tree(root):
+        with contextlib.suppress(OSError):
+            for task in os.scandir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    total_ns += int(Path(task.path, "schedstat").read_text().split()[0])
+        fields = run._stat_fields(pid)
+        if fields is not None:
+            child_ticks += int(fields[13]) + int(fields[14])
+    return total_ns / 1e6 + child_ticks * 1000 / run.CLK_TCK
 
 
 def tree_rss_kb(root: int) -> int:
@@ -430,3 +448,74 @@ def strip_raw(report: Any) -> Any:
     if isinstance(report, list):
         return [strip_raw(v) for v in report]
     return report
+
+
+# ------------------------------------------------------------------------------ py-spy
+class PySpy:
+    """``py-spy record`` attached to a server process for *seconds*, folded stacks to *out*."""
+
+    def __init__(self, pid: int, seconds: float, out: Path, rate: int = 250) -> None:
+        exe = Path(sys.executable).parent / "py-spy"
+        self.out = out
+        self.proc = subprocess.Popen(
+            [
+                str(exe if exe.exists() else "py-spy"),
+                "record",
+                "-p",
+                str(pid),
+                "-d",
+                str(max(1, int(seconds))),
+                "-r",
+                str(rate),
+                "-f",
+                "raw",
+                "-o",
+                str(out),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def wait(self, timeout: float = 30) -> dict[str, Any]:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        return summarize_folded(self.out)
+
+
+def summarize_folded(path: Path, top: int = 25) -> dict[str, Any]:
+    """Samples per function, inclusive (on the stack) and own (innermost), from folded stacks."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    with contextlib.suppress(OSError):
+        for line in path.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            n = int(count)
+            total += n
+            frames = [
+                f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                if " (" in f
+                else f
+                for f in stack.split(";")
+            ]
+            for f in set(frames):
+                inclusive[f] = inclusive.get(f, 0) + n
+            if frames:
+                own[frames[-1]] = own.get(frames[-1], 0) + n
+
+    def best(d: dict[str, int]) -> list[tuple[str, float]]:
+        return [(k, round(v / total, 3)) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {
+        "samples": total,
+        "inclusive": best(inclusive) if total else [],
+        "own": best(own) if total else [],
+    }

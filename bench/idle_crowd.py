@@ -98,16 +98,23 @@ def one_run(
         marks = [crowd.snapshot(servers, clients)]
         counts = [_crowd_counts(mob)]
         hbs: list[float] = []
+        spies: dict[str, crowd.PySpy] = {}
         for k, name in enumerate(("ack", "noack")):
             if k == 1:
                 mob.send("ack off")
             polite.send(f"seg {name}")
+            if args.profile and target.kind == "gateway":
+                # Attached for about the window's length (two intervals and the margin).
+                out = Path(args.profile) / f"{target.key}-{size}-{name}.folded"
+                spies[name] = crowd.PySpy(node.pid, 2 * interval + timeout + args.margin, out)
             for _ in range(2):
                 hbs.append(polite.wait("hb", 2 * interval + 10)["_mono"])
             time.sleep(timeout + args.margin)
             marks.append(crowd.snapshot(servers, clients))
             counts.append(_crowd_counts(mob))
         polite.send("seg -")
+        for name, spy in spies.items():
+            entry.setdefault("profile", {})[name] = spy.wait()
         result = polite.finish()
         entry["polite"] = result
         entry["crowd"] = crowd.strip_raw(mob.finish())
@@ -265,6 +272,13 @@ def main() -> int:
         default=2.0,
         help="a window ends this long after its last round's close (default 2 s)",
     )
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="a directory: py-spy records each gateway during both windows (folded stacks "
+        "there, a summary in the JSON); it costs the gateway CPU, so figures of such a run "
+        "are not comparable",
+    )
     parser.add_argument("--output", default=str(run.RESULTS / "idle_crowd"))
     args = parser.parse_args()
     mode = QUICK if args.quick else FULL
@@ -284,6 +298,8 @@ def main() -> int:
         run.log(problem)
         return 1
 
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="wshub-idle-crowd-"))
     runs: list[dict[str, Any]] = []
