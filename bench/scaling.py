@@ -257,6 +257,7 @@ def one_run(
     redis_clients: list[redis.Redis],
     prefix: str,
     tmp: Path,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "revision": rev,
@@ -310,7 +311,19 @@ def one_run(
         )
         entry["options"] = opts
 
+        spies: list[crowd.PySpy] = []
+        calls = [0]
+
         def extra() -> dict[str, float]:
+            # Marks come in this order: idle-start, idle-end, start, end. With --profile, py-spy
+            # records the nodes that do the work from the load window's start, for its length.
+            calls[0] += 1
+            if profile is not None and calls[0] == 3:
+                for k, n in enumerate(nodes[:2]):
+                    out_file = (
+                        profile / f"{rev}-{scenario}-{setup.backend}{setup.nodes}-n{k}.folded"
+                    )
+                    spies.append(crowd.PySpy(n.pid, timing["duration"], out_file))
             out = {
                 f"node_cpu_ms:{k}": crowd.tree_cpu_ms_precise(n.pid) for k, n in enumerate(nodes)
             }
@@ -323,6 +336,8 @@ def one_run(
         entry["result"] = {k: v for k, v in res.items() if k != "marks"}
         if "error" in res:
             raise RuntimeError(f"load generator: {res['error']} {res.get('stderr', '')}")
+        if spies:
+            entry["profile"] = [spy.wait() for spy in spies]
         entry["metrics"] = m = metrics_of(scenario, setup.nodes, res, marks)
         run.log(
             f"{rev:<6} {scenario:<9} {setup.label:<10} {run.fmt(m['throughput'])}/s "
@@ -607,6 +622,13 @@ def main() -> int:
         "instead of the working tree",
     )
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="a directory: py-spy records nodes 0 and 1 during every load window (folded "
+        "stacks there, a summary in the JSON); it costs those nodes CPU, so the figures of "
+        "such a run are not comparable",
+    )
     parser.add_argument("--output", default=str(run.RESULTS / "scaling"))
     args = parser.parse_args()
     timing = QUICK if args.quick else FULL
@@ -633,6 +655,8 @@ def main() -> int:
         run.log("redis-server / redis-cli not found: no Redis Cluster rows")
         args.no_cluster = True
 
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     base_prefix = f"wshub-bench-{uuid.uuid4().hex[:12]}:"
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="wshub-scaling-"))
@@ -708,6 +732,7 @@ def main() -> int:
                             rclients,
                             f"{base_prefix}{next(ids)}:",
                             tmp,
+                            Path(args.profile) if args.profile else None,
                         )
                         if "error" in entry:
                             failures.append(entry["error"].splitlines()[0])
