@@ -396,6 +396,13 @@ class Crowd:
         for p in self.procs:
             p.send(line)
 
+    def grow(self, more: int, timeout: float) -> list[dict[str, Any]]:
+        """*more* clients in all, split over the processes as the first ones were."""
+        share, rest = divmod(more, len(self.procs))
+        for k, p in enumerate(self.procs):
+            p.send(f"grow {share + (k < rest)}")
+        return self.wait_all("grown", timeout)
+
     def finish(self) -> list[dict[str, Any]]:
         return [p.finish() for p in self.procs]
 

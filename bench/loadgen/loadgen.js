@@ -707,7 +707,7 @@ async function connectTolerant(names, concurrency, urls, extra = {}) {
 async function runCrowd() {
   const N = opts.conns;
   const prefix = opts.namePrefix || `i-${runId}-`;
-  const names = Array.from({ length: N }, (_, i) => `${prefix}${i}`);
+  const names = Array.from({ length: N }, (_, i) => `${prefix}${i}`); // grows with `grow`
   acking = opts.ack !== "off";
   const { sockets: first, report } = await connectTolerant(names, opts.concurrency, [opts.url]);
   let sockets = first;
@@ -723,6 +723,14 @@ async function runCrowd() {
       evt("ack", { acking });
     },
     stats: () => evt("stats", counters()),
+    // `grow N`: N more clients (the names go on from the last), `concurrency` at a time.
+    grow: async (more = "0") => {
+      const add = Array.from({ length: Number(more) }, (_, i) => `${prefix}${names.length + i}`);
+      const { sockets: added, report: r } = await connectTolerant(add, opts.concurrency, [opts.url]);
+      names.push(...add);
+      sockets = sockets.concat(added);
+      evt("grown", r);
+    },
     // Every client closes its connection, then, after `pause` s, all connect again with the
     // same names, as fast as this process can (`stormConcurrency` in flight, 0 = all).
     storm: async (pause = "1") => {
@@ -755,7 +763,7 @@ async function runCrowd() {
       evt("storm-done", storm);
     },
   });
-  const out = { conns: N, initial: report, storms, ...counters() };
+  const out = { conns: names.length, initial: report, storms, ...counters() };
   closeAll(sockets);
   return out;
 }
