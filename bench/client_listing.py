@@ -198,6 +198,7 @@ def main() -> int:
     if problem:
         run.log(problem)
         return 1
+    crowd.exit_on_signals()
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="wshub-listing-"))
     runs: list[dict[str, Any]] = []

@@ -522,3 +522,14 @@ def summarize_folded(path: Path, top: int = 25) -> dict[str, Any]:
         "inclusive": best(inclusive) if total else [],
         "own": best(own) if total else [],
     }
+
+
+def exit_on_signals() -> None:
+    """SIGTERM and SIGHUP unwind through the ``finally`` blocks (servers, load generators, the
+    Redis Cluster and the worktrees are stopped and removed) instead of killing the runner."""
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)

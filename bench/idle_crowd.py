@@ -350,6 +350,7 @@ def main() -> int:
 
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
+    crowd.exit_on_signals()
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="wshub-idle-crowd-"))
     runs: list[dict[str, Any]] = []

@@ -202,6 +202,7 @@ def main() -> int:
     if problem:
         run.log(problem)
         return 1
+    crowd.exit_on_signals()
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="wshub-storm-"))
     runs: list[dict[str, Any]] = []
