@@ -418,6 +418,8 @@ def merge_connect_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "asked": sum(r["asked"] for r in reports),
         "connected": sum(r["connected"] for r in reports),
         "failed": sum(r["failed"] for r in reports),
+        "first_failed": sum(r.get("firstFailed", r["failed"]) for r in reports),
+        "retries": sum(r.get("retries", 0) for r in reports),
         "all_connected_s": max(r["allConnectedS"] for r in reports),
         "failures": {},
     }

@@ -52,6 +52,7 @@ const DEFAULTS = {
   pingInterval: 100, // ms, polite: one client-ping every this often
   listRate: 20, // lister: system:clients requests per second
   stormConcurrency: 0, // crowd storm: reconnects in flight at once (0: all at once)
+  stormRetries: 0, // crowd storm: attempts after a failed one (socket.io-client's backoff)
   nameRetries: 40, // crowd storm: setData retries (every 250 ms) while the old name is still held
 };
 
@@ -660,8 +661,10 @@ async function connectTolerant(names, concurrency, urls, extra = {}) {
   const toReady = new Float64Array(n);
   const toConnect = new Float64Array(n);
   let nReady = 0;
-  let failed = 0;
-  const failures = {};
+  let failed = 0; // still not in after every attempt
+  let firstFailed = 0; // failed at the first attempt
+  let attempts = 0; // attempts after the first
+  const failures = {}; // every failed attempt, by reason
   let next = 0;
   const t0 = now();
   let lastReady = t0;
@@ -669,17 +672,30 @@ async function connectTolerant(names, concurrency, urls, extra = {}) {
     while (next < n) {
       const i = next++;
       const t = now();
-      try {
-        const s = await connectClient(names[i], false, null, { url: urls[i % urls.length], ...extra });
-        sockets[i] = s;
-        toReady[nReady] = now() - t;
-        toConnect[nReady] = (s.benchConnectedAt || now()) - t;
-        nReady++;
-        lastReady = now();
-      } catch (err) {
-        failed++;
-        const why = String((err && err.message) || err).replace(/^[^:]*: /, "").slice(0, 80);
-        failures[why] = (failures[why] || 0) + 1;
+      // `extra.retries`: after a failed attempt, try again as socket.io-client's reconnection
+      // does by default (1 s doubling up to 5 s, randomised by half), this many times; the
+      // time to ready then counts from the first attempt.
+      for (let attempt = 0; ; attempt++) {
+        try {
+          const s = await connectClient(names[i], false, null, { url: urls[i % urls.length], ...extra });
+          sockets[i] = s;
+          toReady[nReady] = now() - t;
+          toConnect[nReady] = (s.benchConnectedAt || now()) - t;
+          nReady++;
+          lastReady = now();
+          break;
+        } catch (err) {
+          const why = String((err && err.message) || err).replace(/^[^:]*: /, "").slice(0, 80);
+          failures[why] = (failures[why] || 0) + 1;
+          if (attempt === 0) firstFailed++;
+          if (attempt >= (extra.retries || 0)) {
+            failed++;
+            break;
+          }
+          attempts++;
+          const base = Math.min(5, 2 ** attempt);
+          await sleep(base * (0.5 + Math.random()));
+        }
       }
     }
   };
@@ -693,6 +709,8 @@ async function connectTolerant(names, concurrency, urls, extra = {}) {
       asked: n,
       connected: nReady,
       failed,
+      firstFailed,
+      retries: attempts,
       failures,
       allConnectedS: Math.round(lastReady - t0) / 1000,
       wallS: Math.round(now() - t0) / 1000,
@@ -749,6 +767,7 @@ async function runCrowd() {
       const r0 = C.nameRetries;
       const { sockets: again, report: r } = await connectTolerant(names, opts.stormConcurrency, [opts.url], {
         nameRetries: opts.nameRetries,
+        retries: opts.stormRetries,
       });
       sockets = again;
       const storm = {
