@@ -44,6 +44,17 @@ import crowd
 import run
 
 SETUPS = ("before", "after", "after-lifted")
+# The gateway's default per-connection event rates, said explicitly: the runner's gateway command
+# lifts every rate (run.GATEWAY_BENCH_ENV), and this bench measures them as deployed. The
+# before revision has no system:clients class and ignores those two names.
+DEFAULT_RATES_ENV = {
+    "WSHUB_RATE_LIMIT": "20",
+    "WSHUB_RATE_LIMIT_BURST": "40",
+    "WSHUB_RATE_LIMIT_CHEAP": "50",
+    "WSHUB_RATE_LIMIT_CHEAP_BURST": "100",
+    "WSHUB_RATE_LIMIT_CLIENTS": "5",
+    "WSHUB_RATE_LIMIT_CLIENTS_BURST": "10",
+}
 DEADLINE_S = 400.0
 
 
@@ -51,7 +62,10 @@ def one_run(target: crowd.Target, args: argparse.Namespace, tmp: Path) -> dict[s
     n = args.clients
     entry: dict[str, Any] = {"setup": target.key, "clients": n, "env": target.env}
     node = crowd.Node(
-        target, tmp, hb_interval=run.QUIET_HEARTBEAT_INTERVAL, gateway_env=crowd.ADMISSION_ENV
+        target,
+        tmp,
+        hb_interval=run.QUIET_HEARTBEAT_INTERVAL,
+        gateway_env={**crowd.ADMISSION_ENV, **DEFAULT_RATES_ENV},
     )
     procs: list[crowd.Controlled] = []
     mob: crowd.Crowd | None = None
@@ -169,7 +183,9 @@ def markdown(report: dict[str, Any]) -> str:
             + (", ".join(f"`{k}={v}`" for k, v in env.items()) or "event rates at their defaults")
             for s, env in report["setups"].items()
         )
-        + ". Admission lifted for all (`WSHUB_MAX_CONNECTIONS*`, `WSHUB_CONNECT_*`).",
+        + ". Event rates at their defaults said explicitly (`WSHUB_RATE_LIMIT=20`, burst 40; "
+        "cheap 50, burst 100; `system:clients` 5, burst 10, after only). Admission lifted for "
+        "all (`WSHUB_MAX_CONNECTIONS*`, `WSHUB_CONNECT_*`).",
     ]
     if report["failures"]:
         lines += ["", *[f"Failed: {f}" for f in report["failures"]]]
@@ -234,7 +250,7 @@ def main() -> int:
         "duration": args.duration,
         "quiet": args.quiet,
         "setups": {s: (lifted if s == "after-lifted" else {}) for s in setups},
-        "gateway_env": crowd.ADMISSION_ENV,
+        "gateway_env": {**run.GATEWAY_BENCH_ENV, **crowd.ADMISSION_ENV, **DEFAULT_RATES_ENV},
         "failures": failures,
         "runs": runs,
     }

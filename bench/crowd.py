@@ -36,7 +36,9 @@ import run
 
 BEFORE_REV = "129771c"
 # Admission lifted for every gateway: all clients come from loopback and connect far faster than
-# one address would (the crowd is what is measured, not the per-address caps).
+# one address would (the crowd is what is measured, not the per-address caps). The gateway
+# command of run.py applies run.GATEWAY_BENCH_ENV first (admission and every event rate lifted),
+# then a bench's own settings: a bench that wants default event rates says them explicitly.
 ADMISSION_ENV = {
     "WSHUB_MAX_CONNECTIONS": "100000",
     "WSHUB_MAX_CONNECTIONS_PER_IP": "100000",
