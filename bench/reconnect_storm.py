@@ -79,8 +79,14 @@ def one_run(target: crowd.Target, args: argparse.Namespace, tmp: Path) -> dict[s
         time.sleep(args.quiet)
         marks = [crowd.snapshot(servers, clients)]
         polite.send("seg storm")
+        spy = None
+        if args.profile and target.kind == "gateway":
+            out = Path(args.profile) / f"{target.key}-storm.folded"
+            spy = crowd.PySpy(node.pid, args.profile_seconds, out)
         mob.send("storm 1")
         done = mob.wait_all("storm-done", STORM_BUDGET_S)
+        if spy is not None:
+            entry["profile"] = spy.wait()
         marks.append(crowd.snapshot(servers, clients))
         polite.send("seg after")
         time.sleep(args.quiet)
@@ -145,7 +151,10 @@ def markdown(report: dict[str, Any]) -> str:
         segs = (e["polite"].get("segments")) or {}
 
         def seg(name: str, segs: dict[str, Any] = segs) -> str:
-            rtt = (segs.get(name) or {}).get("rttMs") or {}
+            g = segs.get(name) or {}
+            rtt = g.get("rttMs") or {}
+            if g.get("sent") and not g.get("answered"):
+                return f"none of {g['sent']} answered"
             return f"{crowd.fmt_ms(rtt.get('p99'))} / {crowd.fmt_ms(rtt.get('max'))}"
 
         lines.append(
@@ -156,6 +165,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"{s['window']['cpu_ms']['server'] / 1000:.1f} | "
             f"{s['window']['others_cpu_util']:.2f} |"
         )
+    dropped = [
+        f"- {e['server']}: the polite client lost its connection ({e['polite'].get('dropped')} "
+        "unrequested disconnect) and did not get it back (it does not reconnect)"
+        for e in report["runs"]
+        if (e.get("polite") or {}).get("dropped")
+    ]
+    if dropped:
+        lines += ["", "The polite client:", "", *dropped]
     why = [
         f"- {e['server']}: " + ", ".join(f"{k} x{v}" for k, v in e["storm"]["failures"].items())
         for e in report["runs"]
@@ -206,6 +223,13 @@ def main() -> int:
     )
     parser.add_argument("--quiet", type=float, default=None, help="s before and after (3)")
     parser.add_argument("--before", default=crowd.BEFORE_REV)
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="a directory: py-spy records each gateway from the storm's start for "
+        "--profile-seconds (folded stacks there, a summary in the JSON; not comparable figures)",
+    )
+    parser.add_argument("--profile-seconds", type=float, default=20.0)
     parser.add_argument("--output", default=str(run.RESULTS / "reconnect_storm"))
     args = parser.parse_args()
     args.clients = args.clients or (2000 if args.quick else 10000)
@@ -221,6 +245,8 @@ def main() -> int:
         run.log(problem)
         return 1
     crowd.exit_on_signals()
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="wshub-storm-"))
     runs: list[dict[str, Any]] = []
