@@ -7,8 +7,9 @@ One command, bounded in time (full: about 3.5 minutes, never more than 7; ``--qu
         [--setups before,after,after-lifted] [--output PREFIX]
 
 For every setup: a fresh gateway; N named idle clients (official socket.io-client, split over
-two processes); a polite client sending ``client-ping`` every 100 ms; one *lister* client. First
-a quiet window (``--quiet`` s), then a listing window (``--duration`` s) in which the lister
+two processes); a polite client sending ``client-ping`` every 100 ms; one *lister* client. After
+``--settle`` s (6: past the ``system:stats`` broadcast that the end of the fill brings), a quiet
+window (``--quiet`` s), then a listing window (``--duration`` s) in which the lister
 sends ``system:clients`` (no arguments, no acknowledgement asked) 20 times a second, the default
 per-connection event rate. Both windows report the gateway's CPU share and the polite client's
 round trips; the listing window also what the lister got: answers, bytes, refusals.
@@ -90,7 +91,10 @@ def one_run(target: crowd.Target, args: argparse.Namespace, tmp: Path) -> dict[s
         run.log(
             f"{target.key:<12} {fill['connected']} connected in {fill['all_connected_s']:.1f} s"
         )
-        time.sleep(1)
+        # The gateway sends system:stats to everyone when the counts have changed, at most every
+        # WSHUB_STATS_INTERVAL (5 s): the end of the fill brings one such broadcast to all the
+        # crowd, which is not what the quiet window is for.
+        time.sleep(args.settle)
         servers = {"server": node.pid}
         clients = [p.pid for p in procs] + mob.pids
         marks = [crowd.snapshot(servers, clients)]
@@ -201,6 +205,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=None, help="listing window, s (20)")
     parser.add_argument("--quiet", type=float, default=None, help="quiet window, s (8)")
     parser.add_argument("--fill-concurrency", type=int, default=100)
+    parser.add_argument(
+        "--settle", type=float, default=6.0, help="s after the fill, before the quiet window"
+    )
     parser.add_argument("--before", default=crowd.BEFORE_REV)
     parser.add_argument("--output", default=str(run.RESULTS / "client_listing"))
     args = parser.parse_args()
