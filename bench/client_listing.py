@@ -102,11 +102,17 @@ def one_run(target: crowd.Target, args: argparse.Namespace, tmp: Path) -> dict[s
         time.sleep(args.quiet)
         marks.append(crowd.snapshot(servers, clients))
         polite.send("seg listing")
+        spy = None
+        if args.profile:
+            out = Path(args.profile) / f"{target.key}-listing.folded"
+            spy = crowd.PySpy(node.pid, args.duration, out)
         lister.send("start")
         time.sleep(args.duration)
         lister.send("stop")
         marks.append(crowd.snapshot(servers, clients))
         polite.send("seg -")
+        if spy is not None:
+            entry["profile"] = spy.wait()
         stopped = lister.wait("stopped", 15)
         entry["lister_window"] = {k: v for k, v in stopped.items() if not k.startswith("_")}
         entry["polite"] = result = polite.finish()
@@ -209,6 +215,12 @@ def main() -> int:
         "--settle", type=float, default=6.0, help="s after the fill, before the quiet window"
     )
     parser.add_argument("--before", default=crowd.BEFORE_REV)
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="a directory: py-spy records each gateway during the listing window (folded "
+        "stacks there, a summary in the JSON; not comparable figures)",
+    )
     parser.add_argument("--output", default=str(run.RESULTS / "client_listing"))
     args = parser.parse_args()
     args.clients = args.clients or (2000 if args.quick else 10000)
@@ -222,6 +234,8 @@ def main() -> int:
         run.log(problem)
         return 1
     crowd.exit_on_signals()
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="wshub-listing-"))
     runs: list[dict[str, Any]] = []
