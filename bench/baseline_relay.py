@@ -14,6 +14,7 @@ loop. It implements only the events the benchmark scenarios use:
 - a heartbeat loop that every ``--heartbeat-interval`` seconds emits ``system:heartbeat``
   {id: fresh uuid} to each connected client, one emit per client as a naive server would, and
   accepts ``system:heartbeat-ack`` {id};
+- ``client-ping`` -> ``client-pong`` {timestamp} (the polite client of the idle-crowd benches);
 - ``bench:stats`` (bench only, answered through the Socket.IO acknowledgement): counters that let
   the load generator check, server side, that clients offered permessage-deflate.
 
@@ -128,6 +129,10 @@ def build(heartbeat_interval: float) -> tuple[socketio.AsyncServer, socketio.ASG
             {"success": True, "originalMessage": data, "timestamp": now},
             to=sid,
         )
+
+    @sio.on("client-ping")
+    async def client_ping(sid: str, data: Any = None) -> None:
+        await sio.emit("client-pong", {"timestamp": iso_now()}, to=sid)
 
     @sio.on("system:heartbeat-ack")
     async def heartbeat_ack(sid: str, data: Any) -> None:

@@ -70,6 +70,10 @@ GATEWAY_BENCH_ENV = {
     "WSHUB_RATE_LIMIT_BURST": "100000",
     "WSHUB_RATE_LIMIT_CHEAP": "100000",
     "WSHUB_RATE_LIMIT_CHEAP_BURST": "100000",
+    # system:clients has a rate class of its own since the Socket.IO layer rewrite (25e8a5e);
+    # older revisions ignore the names.
+    "WSHUB_RATE_LIMIT_CLIENTS": "100000",
+    "WSHUB_RATE_LIMIT_CLIENTS_BURST": "100000",
     "WSHUB_LOG_LEVEL": "WARNING",
 }
 IDLE_HEARTBEAT_INTERVAL = 1.0

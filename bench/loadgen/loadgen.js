@@ -39,6 +39,21 @@ const DEFAULTS = {
   connectTimeout: 15, // s, per connection
   maxConnects: 20000, // connect: hard cap per run (ephemeral ports)
   hardTimeout: 180, // s, the whole process
+  // Where each kind of client connects (comma lists, taken round-robin); empty: --url.
+  urlSenders: "", // dm-*: the senders; broadcast-*: the sender
+  urlReceivers: "", // dm-*: the receivers; broadcast-*: the receivers, spread over the list
+  urlBystanders: "", // dm-*, broadcast-*: idle named clients, `bystanders` on each URL
+  bystanders: 0,
+  idleWindow: 0, // s, dm-*/broadcast-*: MARK idle-start/idle-end with every client connected, no load
+  localAddresses: "", // comma list of loopback source addresses the clients bind, round-robin
+  // crowd / polite / lister (driven by commands on stdin, see controlled())
+  namePrefix: "", // crowd: client names are <prefix><i>; default i<i>-<runId>-
+  ack: "on", // crowd: answer heartbeats (on) or not (off) from the start
+  pingInterval: 100, // ms, polite: one client-ping every this often
+  listRate: 20, // lister: system:clients requests per second
+  stormConcurrency: 0, // crowd storm: reconnects in flight at once (0: all at once)
+  stormRetries: 0, // crowd storm: attempts after a failed one (socket.io-client's backoff)
+  nameRetries: 40, // crowd storm: setData retries (every 250 ms) while the old name is still held
 };
 
 function parseArgs(argv) {
@@ -59,6 +74,11 @@ function parseArgs(argv) {
     else opts[key] = value;
   }
   if (!opts.scenario || !opts.url) throw new Error("--scenario and --url are required");
+  const list = (v) => (v ? String(v).split(",").filter(Boolean) : []);
+  opts.sendersUrls = list(opts.urlSenders).length ? list(opts.urlSenders) : [opts.url];
+  opts.receiversUrls = list(opts.urlReceivers).length ? list(opts.urlReceivers) : [opts.url];
+  opts.bystanderUrls = list(opts.urlBystanders);
+  opts.localAddressList = list(opts.localAddresses);
   return opts;
 }
 
@@ -109,8 +129,12 @@ const C = {
   failedReplies: 0, // dataSet / directSent / generalSent with success:false
   heartbeats: 0,
   heartbeatAcks: 0,
+  heartbeatWarnings: 0,
+  nameRetries: 0,
   deflateNegotiated: 0,
 };
+// Whether clients answer system:heartbeat (crowd: `ack off` stops it).
+let acking = true;
 let closing = false;
 const errorSamples = []; // the first few system:error payloads, for the report
 
@@ -119,6 +143,7 @@ function deflateFor(scenario) {
   return scenario === "idle";
 }
 
+let addressTurn = 0;
 function clientOptions(deflate) {
   const o = {
     transports: ["websocket"],
@@ -133,14 +158,23 @@ function clientOptions(deflate) {
     o.ca = caPem;
     o.rejectUnauthorized = true;
   }
+  if (opts.localAddressList.length) {
+    // engine.io-client hands `localAddress` to `ws`, which binds the client socket to it: each
+    // source address has its own ephemeral ports.
+    o.localAddress = opts.localAddressList[addressTurn++ % opts.localAddressList.length];
+  }
   return o;
 }
 
 // Connect one client, set its username, resolve once `system:dataSet` {success:true} arrived.
-function connectClient(name, deflate, onReady) {
+// `extra.url`: where (default --url); `extra.nameRetries`: how often to ask again, every 250 ms,
+// while the server still holds the name (a reconnect racing its own old connection's cleanup).
+function connectClient(name, deflate, onReady, extra = {}) {
   return new Promise((resolve, reject) => {
-    const socket = io(opts.url, clientOptions(deflate));
+    const socket = io(extra.url || opts.url, clientOptions(deflate));
     socket.benchName = name;
+    socket.benchT0 = now();
+    let retries = extra.nameRetries || 0;
     let done = false;
     // One timer bounds connect + setData: a server that never answers setData fails the client.
     const timer = setTimeout(() => fail("no system:dataSet in time"), opts.connectTimeout * 1000);
@@ -166,10 +200,16 @@ function connectClient(name, deflate, onReady) {
     });
     socket.on("system:heartbeat", (d) => {
       C.heartbeats++;
+      if (socket.benchOnHeartbeat) socket.benchOnHeartbeat(d);
+      if (!acking) return;
       C.heartbeatAcks++;
       socket.emit("system:heartbeat-ack", { id: d && d.id });
     });
+    socket.on("system:heartbeat-warning", () => {
+      C.heartbeatWarnings++;
+    });
     socket.on("connect", () => {
+      socket.benchConnectedAt = now();
       const ws = socket.io.engine && socket.io.engine.transport && socket.io.engine.transport.ws;
       socket.benchDeflate = !!(ws && typeof ws.extensions === "string" && ws.extensions.includes("permessage-deflate"));
       if (socket.benchDeflate) C.deflateNegotiated++;
@@ -178,6 +218,12 @@ function connectClient(name, deflate, onReady) {
     socket.on("system:dataSet", (d) => {
       if (done) return;
       if (!d || d.success !== true) {
+        if (retries > 0 && d && /taken/i.test(String(d.error))) {
+          retries--;
+          C.nameRetries++;
+          setTimeout(() => socket.connected && socket.emit("system:setData", { username: name }), 250);
+          return;
+        }
         C.failedReplies++;
         fail(`dataSet refused: ${d && d.error}`);
         return;
@@ -191,14 +237,15 @@ function connectClient(name, deflate, onReady) {
 }
 
 // Open `n` clients, `concurrency` at a time; `setup(socket, i)` adds handlers before connecting.
-async function connectMany(n, prefix, deflate, setup) {
+// Client i connects to urls[i % urls.length] (default: --url).
+async function connectMany(n, prefix, deflate, setup, urls = [opts.url]) {
   const sockets = new Array(n);
   let next = 0;
   const worker = async () => {
     while (next < n) {
       const i = next++;
       const name = `${prefix}${i}-${runId}`;
-      sockets[i] = await connectClient(name, deflate, (s) => setup && setup(s, i));
+      sockets[i] = await connectClient(name, deflate, (s) => setup && setup(s, i), { url: urls[i % urls.length] });
     }
   };
   const workers = [];
@@ -268,14 +315,16 @@ async function runDm(closedLoop) {
       inFlight[i] = 0;
       if (closedLoop && running) send(i);
     });
-  });
+  }, opts.receiversUrls);
   const senders = await connectMany(P, "s", deflate, (s) => {
     s.on("system:directSent", (d) => {
       if (d && d.success === true) acked++;
       else C.failedReplies++;
     });
-  });
+  }, opts.sendersUrls);
   const targets = receivers.map((s) => s.benchName);
+  const bystanders = await connectBystanders(deflate);
+  await idleWindow();
 
   function send(i) {
     inFlight[i] = 1;
@@ -315,7 +364,7 @@ async function runDm(closedLoop) {
   await waitUntil(() => received >= sent && acked + C.failedReplies >= sent, opts.drain);
   const windowS = (windowEnd - windowStart) / 1000;
   const stats = await serverStats(senders[0]);
-  closeAll(receivers.concat(senders));
+  closeAll(receivers.concat(senders, bystanders));
   return {
     pairs: P,
     targetRate: closedLoop ? null : opts.rate,
@@ -330,9 +379,27 @@ async function runDm(closedLoop) {
     lost: sent - received,
     outOfOrder,
     sendLagMaxMs: closedLoop ? null : Math.round(lagMax * 10) / 10,
+    bystanders: bystanders.length,
     ...lg,
     serverStats: stats,
   };
+}
+
+// Idle named clients on each --url-bystanders URL (they receive nothing in the DM scenarios).
+async function connectBystanders(deflate) {
+  const out = [];
+  for (const [k, url] of opts.bystanderUrls.entries()) {
+    if (opts.bystanders > 0) out.push(...(await connectMany(opts.bystanders, `y${k}-`, deflate, null, [url])));
+  }
+  return out;
+}
+
+// A window with every client connected and no load: each server's idle CPU, to set apart.
+async function idleWindow() {
+  if (!(opts.idleWindow > 0)) return;
+  await mark("idle-start");
+  await sleep(opts.idleWindow);
+  await mark("idle-end");
 }
 
 // ---------------------------------------------------------------- broadcast fan-out
@@ -379,14 +446,15 @@ async function runBroadcast(closedLoop) {
     sender.emit("system:general", { type: "bench", seq: s, sentAt: t });
   }
 
-  const receivers = await connectMany(R, "b", deflate, (s, i) => s.on("system:general", (d) => onGeneral(i, d)));
+  const receivers = await connectMany(R, "b", deflate, (s, i) => s.on("system:general", (d) => onGeneral(i, d)), opts.receiversUrls);
   [sender] = await connectMany(1, "bs", deflate, (s) => {
     s.on("system:general", (d) => onGeneral(R, d));
     s.on("system:generalSent", (d) => {
       if (d && d.success === true) generalSent++;
       else C.failedReplies++;
     });
-  });
+  }, opts.sendersUrls);
+  await idleWindow();
 
   let timer = null;
   let lagMax = 0;
@@ -550,6 +618,274 @@ async function runConnect() {
   };
 }
 
+// ---------------------------------------------------------------- controlled processes
+// `crowd`, `polite` and `lister` are driven line by line on stdin by a Python runner
+// (bench/crowd.py) and report on stdout as `EVT {json}` lines; the final report is the JSON
+// line printed on `quit` (or at the hard timeout). Several such processes run side by side: the
+// polite client has a process of its own, so that the crowd's heartbeat bursts do not queue on
+// its event loop and only the server's delay shows in its round trips.
+function evt(name, body = {}) {
+  process.stdout.write(`EVT ${JSON.stringify({ evt: name, t: Date.now(), ...body })}\n`);
+}
+
+function commands(handlers) {
+  const rl = readline.createInterface({ input: process.stdin });
+  return new Promise((resolve) => {
+    rl.on("line", async (line) => {
+      const [cmd, ...args] = line.trim().split(/\s+/);
+      if (cmd === "quit") {
+        resolve();
+        return;
+      }
+      const h = handlers[cmd];
+      if (!h) {
+        evt("error", { message: `unknown command ${cmd}` });
+        return;
+      }
+      try {
+        await h(...args);
+      } catch (err) {
+        evt("error", { message: String((err && err.stack) || err) });
+      }
+    });
+    rl.on("close", () => resolve()); // the runner went away
+  });
+}
+
+// Connect `names` (client i to urls[i % urls.length]) with at most `concurrency` in flight (0: all
+// at once); a failure is counted, not fatal. Each one's time from io() to system:dataSet, and to
+// the Socket.IO connect.
+async function connectTolerant(names, concurrency, urls, extra = {}) {
+  const n = names.length;
+  const sockets = new Array(n).fill(null);
+  const toReady = new Float64Array(n);
+  const toConnect = new Float64Array(n);
+  let nReady = 0;
+  let failed = 0; // still not in after every attempt
+  let firstFailed = 0; // failed at the first attempt
+  let attempts = 0; // attempts after the first
+  const failures = {}; // every failed attempt, by reason
+  let next = 0;
+  const t0 = now();
+  let lastReady = t0;
+  const worker = async () => {
+    while (next < n) {
+      const i = next++;
+      const t = now();
+      // `extra.retries`: after a failed attempt, try again as socket.io-client's reconnection
+      // does by default (1 s doubling up to 5 s, randomised by half), this many times; the
+      // time to ready then counts from the first attempt.
+      for (let attempt = 0; ; attempt++) {
+        try {
+          const s = await connectClient(names[i], false, null, { url: urls[i % urls.length], ...extra });
+          sockets[i] = s;
+          toReady[nReady] = now() - t;
+          toConnect[nReady] = (s.benchConnectedAt || now()) - t;
+          nReady++;
+          lastReady = now();
+          break;
+        } catch (err) {
+          const why = String((err && err.message) || err).replace(/^[^:]*: /, "").slice(0, 80);
+          failures[why] = (failures[why] || 0) + 1;
+          if (attempt === 0) firstFailed++;
+          if (attempt >= (extra.retries || 0)) {
+            failed++;
+            break;
+          }
+          attempts++;
+          const base = Math.min(5, 2 ** attempt);
+          await sleep(base * (0.5 + Math.random()));
+        }
+      }
+    }
+  };
+  const workers = [];
+  const width = concurrency > 0 ? Math.min(concurrency, n) : n;
+  for (let w = 0; w < width; w++) workers.push(worker());
+  await Promise.all(workers);
+  return {
+    sockets,
+    report: {
+      asked: n,
+      connected: nReady,
+      failed,
+      firstFailed,
+      retries: attempts,
+      failures,
+      allConnectedS: Math.round(lastReady - t0) / 1000,
+      wallS: Math.round(now() - t0) / 1000,
+      readyMs: percentiles(toReady, nReady),
+      connectMs: percentiles(toConnect, nReady),
+      // Every client's time to system:dataSet (0.1 ms), so that the runner can merge processes.
+      readyRaw: Array.from(toReady.subarray(0, nReady), (x) => Math.round(x * 10) / 10),
+    },
+  };
+}
+
+async function runCrowd() {
+  const N = opts.conns;
+  const prefix = opts.namePrefix || `i-${runId}-`;
+  const names = Array.from({ length: N }, (_, i) => `${prefix}${i}`); // grows with `grow`
+  acking = opts.ack !== "off";
+  const { sockets: first, report } = await connectTolerant(names, opts.concurrency, [opts.url]);
+  let sockets = first;
+  evt("ready", report);
+  const storms = [];
+  const counters = () => ({
+    open: sockets.filter((s) => s && s.connected).length,
+    ...C,
+  });
+  await commands({
+    ack: (v) => {
+      acking = v !== "off";
+      evt("ack", { acking });
+    },
+    stats: () => evt("stats", counters()),
+    // `grow N`: N more clients (the names go on from the last), `concurrency` at a time.
+    grow: async (more = "0") => {
+      const add = Array.from({ length: Number(more) }, (_, i) => `${prefix}${names.length + i}`);
+      const { sockets: added, report: r } = await connectTolerant(add, opts.concurrency, [opts.url]);
+      names.push(...add);
+      sockets = sockets.concat(added);
+      evt("grown", r);
+    },
+    // Every client closes its connection, then, after `pause` s, all connect again with the
+    // same names, as fast as this process can (`stormConcurrency` in flight, 0 = all).
+    storm: async (pause = "1") => {
+      const d0 = C.dropped;
+      closing = true;
+      for (const s of sockets) {
+        if (!s) continue;
+        s.benchClosing = true;
+        s.close();
+      }
+      const closedAt = now();
+      await sleep(Number(pause));
+      closing = false;
+      evt("storm-start", { closed: sockets.filter(Boolean).length });
+      const e0 = C.connectErrors;
+      const r0 = C.nameRetries;
+      const { sockets: again, report: r } = await connectTolerant(names, opts.stormConcurrency, [opts.url], {
+        nameRetries: opts.nameRetries,
+        retries: opts.stormRetries,
+      });
+      sockets = again;
+      const storm = {
+        ...r,
+        pauseS: Number(pause),
+        sinceCloseS: Math.round(now() - closedAt) / 1000,
+        connectErrors: C.connectErrors - e0,
+        nameRetries: C.nameRetries - r0,
+        droppedBefore: d0,
+      };
+      storms.push(storm);
+      evt("storm-done", storm);
+    },
+  });
+  const out = { conns: names.length, initial: report, storms, ...counters() };
+  closeAll(sockets);
+  return out;
+}
+
+// One named client that sends `client-ping` every `pingInterval` ms and times each
+// `client-pong` (a connection delivers in order, so pongs answer pings first in, first out).
+// `seg NAME` starts attributing the pings sent from now on to NAME (`seg -`: to none); the
+// report has each segment's round trips. It answers heartbeats, and reports each one it gets.
+async function runPolite() {
+  const socket = await connectClient(`polite-${runId}`, false, (s) => {
+    s.benchOnHeartbeat = (d) => evt("hb", { id: d && d.id });
+  });
+  const segs = {};
+  let seg = null;
+  const pending = []; // [sentAt, segment]
+  let pongs = 0;
+  evt("ready");
+  socket.on("client-pong", () => {
+    const t = now();
+    pongs++;
+    const p = pending.shift();
+    if (!p || !p[1]) return;
+    const g = segs[p[1]];
+    if (g.n < g.rtt.length) g.rtt[g.n++] = t - p[0];
+  });
+  const timer = setInterval(() => {
+    pending.push([now(), seg]);
+    if (seg) segs[seg].sent++;
+    socket.emit("client-ping", {});
+  }, opts.pingInterval);
+  await commands({
+    seg: (name) => {
+      if (!name || name === "-") seg = null;
+      else {
+        seg = name;
+        if (!segs[name]) segs[name] = { sent: 0, n: 0, rtt: new Float64Array(100000), started: Date.now() };
+      }
+      evt("seg", { seg });
+    },
+  });
+  clearInterval(timer);
+  await waitUntil(() => pending.length === 0, opts.drain);
+  const out = { connected: socket.connected, pongs, unanswered: pending.length, segments: {} };
+  for (const [name, g] of Object.entries(segs)) {
+    out.segments[name] = { sent: g.sent, answered: g.n, rttMs: percentiles(g.rtt, g.n) };
+  }
+  closeAll([socket]);
+  return out;
+}
+
+// One named client that asks `system:clients` `listRate` times a second between `start` and
+// `stop`, and counts the answers, their bytes and the refusals.
+async function runLister() {
+  const socket = await connectClient(`lister-${runId}`, false, null);
+  evt("ready");
+  const L = { asked: 0, answers: 0, bytes: 0, clientsListed: 0, countSeen: 0, errors: 0, errorCodes: {} };
+  let counting = false;
+  socket.on("system:clients", (d) => {
+    L.answers++;
+    if (d && Array.isArray(d.clients)) L.clientsListed += d.clients.length;
+    if (d && typeof d.count === "number") L.countSeen = d.count;
+  });
+  socket.on("system:error", (d) => {
+    L.errors++;
+    const code = String((d && (d.code || d.error)) || "?");
+    L.errorCodes[code] = (L.errorCodes[code] || 0) + 1;
+  });
+  // What the server sent this client, as Engine.IO message text (its size on the wire).
+  socket.io.engine.on("data", (data) => {
+    if (counting) L.bytes += typeof data === "string" ? data.length : data.byteLength || 0;
+  });
+  let timer = null;
+  let t0 = 0;
+  let sentSoFar = 0;
+  await commands({
+    start: () => {
+      counting = true;
+      t0 = now();
+      sentSoFar = 0;
+      timer = setInterval(() => {
+        const due = Math.floor(((now() - t0) * opts.listRate) / 1000) - sentSoFar;
+        for (let k = 0; k < due; k++) {
+          sentSoFar++;
+          L.asked++;
+          socket.emit("system:clients");
+        }
+      }, 5);
+      evt("started");
+    },
+    stop: () => {
+      if (timer) clearInterval(timer);
+      timer = null;
+      evt("stopped", { ...L });
+    },
+  });
+  if (timer) clearInterval(timer);
+  await sleep(0.5);
+  counting = false;
+  const out = { ...L, connected: socket.connected };
+  closeAll([socket]);
+  return out;
+}
+
 // ---------------------------------------------------------------- main
 async function main() {
   let result;
@@ -572,6 +908,15 @@ async function main() {
     case "connect":
       result = await runConnect();
       break;
+    case "crowd":
+      result = await runCrowd();
+      break;
+    case "polite":
+      result = await runPolite();
+      break;
+    case "lister":
+      result = await runLister();
+      break;
     default:
       throw new Error(`unknown scenario ${opts.scenario}`);
   }
@@ -584,6 +929,8 @@ async function main() {
     serverErrors: c.serverErrors,
     failedReplies: c.failedReplies,
     heartbeatsReceived: c.heartbeats,
+    heartbeatAcksSent: c.heartbeatAcks,
+    heartbeatWarnings: c.heartbeatWarnings,
     errorSamples,
     marks: markTimes,
   };

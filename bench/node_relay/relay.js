@@ -1,7 +1,7 @@
 "use strict";
-// Reference relay on Node socket.io 4.8: the same events as bench/baseline_relay.py, written the
-// straightforward way (stock Server options: permessage-deflate declined, as socket.io does by
-// default). Used by bench/run.py for reference when node is installed.
+// Reference relay on Node socket.io 4.8: the same events as bench/baseline_relay.py (client-ping
+// included), written the straightforward way (stock Server options: permessage-deflate declined,
+// as socket.io does by default). Used by bench/run.py for reference when node is installed.
 //
 //   node bench/node_relay/relay.js --port 8200 [--certfile C --keyfile K] [--heartbeat-interval 30]
 
@@ -87,6 +87,10 @@ function main() {
       const now = isoNow();
       io.emit("system:general", { ...data, sender: senderOf(socket), type: data.type, timestamp: now, broadcast: true });
       socket.emit("system:generalSent", { success: true, originalMessage: data, timestamp: now });
+    });
+
+    socket.on("client-ping", () => {
+      socket.emit("client-pong", { timestamp: isoNow() });
     });
 
     socket.on("system:heartbeat-ack", (data) => {
