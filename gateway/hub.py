@@ -85,8 +85,8 @@ class Hub:
             timeout=settings.heartbeat_timeout,
             warn_after=settings.heartbeat_warn_after,
             max_missed=settings.heartbeat_max_missed,
-            on_warning=lambda sid, missed: self.metrics.heartbeat_warnings.inc(),
-            on_timeout=lambda sid: self.metrics.heartbeat_timeouts.inc(),
+            on_warnings=self.metrics.heartbeat_warnings.inc,
+            on_timeouts=self.metrics.heartbeat_timeouts.inc,
         )
         self.stats = StatsService(store, delivery, interval=settings.stats_interval)
         self.system = SystemService(settings)

@@ -9,13 +9,13 @@ when some were reached, the outcome says how many, never "retry".
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..observability.metrics import Metrics
+from ..pacing import paced
 from ..protocol.close import CloseReason
 from ..recovery import offset_of
 from ..services.ports import Outcome
@@ -25,10 +25,6 @@ from . import sio_codec
 from .backplane import Backplane, BackplaneUnavailable
 
 log = logging.getLogger("wshub.router")
-
-# A broadcast yields to the event loop after this many local recipients, so that handing one
-# message to a crowd never makes a single long step.
-_FANOUT_CHUNK = 256
 
 
 class Router:
@@ -107,11 +103,9 @@ class Router:
     async def notify(self, sids: Sequence[str], event: str, payload: Mapping[str, Any]) -> None:
         message = Outgoing(sio_codec.encode_event(event, payload), None)
         count = 0
-        for n, sid in enumerate(sids, 1):
+        async for sid in paced(sids):
             if self._hand(sid, message) is Handed.DELIVERED:
                 count += 1
-            if n % _FANOUT_CHUNK == 0:
-                await asyncio.sleep(0)
         if count:
             self._delivered(event).inc(count)
 
@@ -224,14 +218,13 @@ class Router:
     # -- internals
 
     async def fan_out(self, event: str, message: Outgoing) -> int:
-        """*message* to every session of this node, in chunks; how many got it now."""
+        """*message* to every session of this node, paced (``gateway.pacing``); how many got it
+        now."""
         deliver = self._sessions.deliver
         count = 0
-        for n, client in enumerate(list(self._table.by_sid.values()), 1):
+        async for client in paced(list(self._table.by_sid.values())):
             if isinstance(client, Client) and deliver(client, message) is Handed.DELIVERED:
                 count += 1
-            if n % _FANOUT_CHUNK == 0:
-                await asyncio.sleep(0)
         if count:
             self._delivered(event).inc(count)
         return count
