@@ -188,7 +188,9 @@ function connectClient(name, deflate, onReady, extra = {}) {
     };
     socket.on("connect_error", (err) => {
       C.connectErrors++;
-      fail(`connect_error ${err && err.message}`);
+      // The transport's own error says why (engine.io-client's "websocket error" alone does not).
+      const cause = err && err.description && (err.description.message || err.description.error);
+      fail(`connect_error ${err && err.message}${cause ? ` (${cause})` : ""}`);
     });
     socket.on("disconnect", (reason) => {
       if (!closing && !socket.benchClosing) C.dropped++;

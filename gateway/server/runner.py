@@ -23,14 +23,21 @@ from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from ..app import Gateway
+from ..observability.gc_pauses import watch_collections
 from ..observability.logs import configure as configure_logging
 from ..observability.metrics import Metrics
+from ..pacing import Pace, Turnstile
 from ..settings import Settings
 from ..tls import TlsReloader
 from . import websocket
 from .config import GatewayConfig
 from .listeners import Listeners, create_listeners
 from .tls_noise import TlsNoise
+
+# Young objects allocated before a gen0 collection; gen0 collections per gen1 collection.
+GC_THRESHOLDS = (50_000, 10)
+# New connections per pause; a pause lasts until the loop caught up, or 0.1 s at most.
+ARRIVALS = Pace(size=32, settle=0.002, patience=0.1)
 
 log = logging.getLogger("wshub.server")
 
@@ -92,12 +99,15 @@ async def serve(
 
     context = WorkerContext(None)
     connections: set[asyncio.Task[None]] = set()
+    # New connections start first come first served, as fast as the loop digests them
+    # (gateway.pacing: a reconnect storm is absorbed instead of stalling everyone).
+    arrivals = Turnstile(ARRIVALS)
     ssl_context = config.create_ssl_context() if listeners.public.secure_sockets else None
     if ssl_context is not None:
         count_client_hellos(ssl_context, gateway.metrics)
 
     async def on_connection(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool, public: bool
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -105,6 +115,8 @@ async def serve(
         task.add_done_callback(connections.discard)
         if tls:
             gateway.metrics.tls_handshakes_completed.inc()
+        if public:  # the operations port answers health checks in a storm too
+            await arrivals.through()
         peer = writer.get_extra_info("peername")
         server = TCPServer(app, loop, config, context, state, reader, writer)
         try:
@@ -118,9 +130,9 @@ async def serve(
             vars(server).pop("protocol", None)
             vars(server).pop("_task_group", None)
 
-    async def listen(sock: socket.socket, tls: bool) -> asyncio.Server:
+    async def listen(sock: socket.socket, tls: bool, public: bool = True) -> asyncio.Server:
         server = await asyncio.start_server(
-            partial(on_connection, tls=tls),
+            partial(on_connection, tls=tls, public=public),
             sock=sock,
             backlog=config.backlog,
             ssl=ssl_context if tls else None,
@@ -131,10 +143,10 @@ async def serve(
         return server
 
     if tune_gc:  # process-wide: off when a test embeds the server in its own process
-        tune_garbage_collector()
+        tune_garbage_collector(gateway.metrics)
     public = [await listen(s, True) for s in listeners.public.secure_sockets]
     public += [await listen(s, False) for s in listeners.public.insecure_sockets]
-    ops = [await listen(s, False) for s in listeners.ops]
+    ops = [await listen(s, False, public=False) for s in listeners.ops]
     try:
         await shutdown_trigger()
     finally:
@@ -170,17 +182,20 @@ def count_client_hellos(context: ssl.SSLContext, metrics: Metrics) -> None:
     context.sni_callback = counted
 
 
-def tune_garbage_collector() -> None:
-    """Move the start-up heap out of the collector's way and collect young objects less often.
+def tune_garbage_collector(metrics: Metrics) -> None:
+    """Move the start-up heap out of the collector's way, collect young objects less often
+    than CPython's default, and time every collection (``wshub_gc_pause_seconds``).
 
     With a few hundred clients, full collections took 77-90 ms each and were the broadcast tail;
-    freezing the heap and a gen0 threshold of 50 000 cut fan-out p99 4x and connect CPU by 38%
-    (docs/performance.md).
+    freezing the heap and a gen0 threshold of 50 000 cut fan-out p99 4x and connect CPU by 38%.
+    In a reconnect storm of 10 000 (everything allocated survives) gen1 collections then take
+    up to 0.4 s; lower thresholds trade them for full collections of up to 0.9 s and more GC
+    time in all (docs/performance.md), so the thresholds stay.
     """
     gc.collect()
     gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(50_000, gen1, gen2)
+    gc.set_threshold(*GC_THRESHOLDS, gc.get_threshold()[2])
+    watch_collections(metrics.gc_pauses)
 
 
 def run_worker(
