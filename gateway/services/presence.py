@@ -185,26 +185,26 @@ class ClientListing:
         self._ttl = ttl
         self._clock = clock
         self._taken_at = float("-inf")
-        self._entries: list[ClientEntry] = []
+        self._presences: list[Presence] = []
         self._keys: list[tuple[str, str]] = []
         self._taking: asyncio.Future[None] | None = None
 
     async def page(self, request: ClientsPage) -> Reply:
         await self._fresh()
-        entries, keys = self._entries, self._keys
+        presences, keys = self._presences, self._keys
         limit = min(request.limit or self._page_size, self._max_page_size)
         if request.cursor is not None:
             start = bisect.bisect_right(keys, _read_cursor(request.cursor))
         else:
-            start = min(request.offset or 0, len(entries))
+            start = min(request.offset or 0, len(presences))
         end = start + limit
         return Reply(
             Outbound.CLIENTS,
             {
-                "clients": entries[start:end],
-                "count": len(entries),
+                "clients": [_entry(p) for p in presences[start:end]],
+                "count": len(presences),
                 "timestamp": iso_timestamp(),
-                "nextCursor": _cursor(keys[end - 1]) if end < len(entries) else None,
+                "nextCursor": _cursor(keys[end - 1]) if end < len(presences) else None,
             },
         )
 
@@ -221,19 +221,22 @@ class ClientListing:
                 self._taking = None
 
     async def _take(self) -> None:
+        # Only the order is prepared here; a request builds the entries of its own page (a
+        # snapshot of 10 000 built in full took about 50 ms of the loop, once a second).
         presences = sorted(await self._store.clients(), key=lambda p: (p.connect_time, p.sid))
-        self._entries = [
-            {
-                "id": p.sid,
-                "username": p.username,
-                "connectTime": p.connect_time,
-                "following": p.following,
-                "profile": p.profile,
-            }
-            for p in presences
-        ]
+        self._presences = presences
         self._keys = [(p.connect_time, p.sid) for p in presences]
         self._taken_at = self._clock()
+
+
+def _entry(presence: Presence) -> ClientEntry:
+    return {
+        "id": presence.sid,
+        "username": presence.username,
+        "connectTime": presence.connect_time,
+        "following": presence.following,
+        "profile": presence.profile,
+    }
 
 
 def _cursor(key: tuple[str, str]) -> str:
