@@ -17,6 +17,7 @@ from .http.client_bundle import ClientBundle
 from .http.console import register_console
 from .http.routes import create_http_app
 from .hub import Hub, claim_policy
+from .observability.loop_lag import LoopLagMonitor
 from .observability.metrics import Metrics, TlsReloadCollector
 from .protocol.events import Outbound
 from .protocol.timestamps import iso_timestamp
@@ -124,7 +125,12 @@ class Gateway:
         store = self.hub.store
         if isinstance(store, RedisStore):
             await store.start()  # StoreUnavailable here refuses the start: Redis is required
-        jobs = [*self.hub.background_jobs(), self.sessions.run, self.transport.pings.run]
+        jobs = [
+            *self.hub.background_jobs(),
+            self.sessions.run,
+            self.transport.pings.run,
+            LoopLagMonitor(self.metrics.loop_lag).run,
+        ]
         if self.backplane is not None:
             await self.backplane.start()
             jobs.append(self._probe_backplane)

@@ -26,7 +26,7 @@ from ..tls import TlsReloader
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
-GC_PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+STALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Metrics:
@@ -96,11 +96,17 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.loop_lag = Histogram(
+            "wshub_event_loop_lag_seconds",
+            "How late the event loop ran a timer (it was busy meanwhile), sampled every 0.1 s",
+            buckets=STALL_BUCKETS,
+            registry=r,
+        )
         self.gc_pauses = Histogram(
             "wshub_gc_pause_seconds",
             "Garbage collections (the event loop stands still meanwhile), by generation",
             ["generation"],
-            buckets=GC_PAUSE_BUCKETS,
+            buckets=STALL_BUCKETS,
             registry=r,
         )
         self.tls_handshakes_started = Counter(

@@ -126,6 +126,10 @@ class HeartbeatService:
         starts = loop.time() + self._interval - self._timeout
         while True:
             await asyncio.sleep(max(0.0, starts - loop.time()))
+            if loop.time() - starts > self._interval:
+                # A loop that stalled for more than a round: go on from now instead of running
+                # the rounds it missed back to back (each would count as missed by everyone).
+                starts = loop.time()
             starts += self._interval
             round_id = self._new_id()
             self.book.open_round(round_id)

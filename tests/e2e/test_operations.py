@@ -21,6 +21,7 @@ async def test_metrics_move_with_real_traffic(server, connect) -> None:
     await alice.call("system:direct", {"target": "ghost", "type": "chat"})
     await alice.call("system:bogus", {})
     await bob.expect("system:direct")
+    await asyncio.sleep(0.15)  # at least one sample of the loop's lag (every 0.1 s)
     async with (
         aiohttp.ClientSession() as session,
         session.get(server.url + "/metrics") as response,
@@ -39,6 +40,7 @@ async def test_metrics_move_with_real_traffic(server, connect) -> None:
     assert sample(text, 'wshub_errors_total{code="TARGET_NOT_FOUND"}') == 1
     assert sample(text, 'wshub_messages_delivered_total{event="system:direct"}') == 1
     assert sample(text, 'wshub_event_duration_seconds_count{event="system:direct"}') == 2
+    assert sample(text, "wshub_event_loop_lag_seconds_count") >= 1  # sampled from the start
 
 
 async def test_closes_are_counted_by_reason(server_factory, clients) -> None:
