@@ -18,6 +18,7 @@ wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import queue
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -436,6 +438,63 @@ def merge_connect_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         k: max((p[k] for p in parts), default=None) for k in ("p50", "p99", "max")
     }
     return out
+
+
+def run_line(report: dict[str, Any]) -> str:
+    """The first line of a result page: when, which command, how long, whether quick."""
+    return f"Run {report['date']} · `{report['command']}` · wall {report['wall_s']:.0f} s" + (
+        " · **quick (validation only)**" if report["quick"] else ""
+    )
+
+
+def machine_words(mi: dict[str, Any]) -> str:
+    return (
+        f"Machine: {mi['nproc']} cores, {mi['cpu_model']}, Linux {mi['kernel']}; Python "
+        f"{mi['python']}, Node {mi['node']}"
+    )
+
+
+def after_words(rv: dict[str, Any]) -> str:
+    return f"after = working tree at `{rv['after']['sha'][:10]}`" + (
+        " (gateway/ modified)" if rv["after"]["gateway_dirty"] else ""
+    )
+
+
+def server_targets(revs: Revisions) -> dict[str, Target]:
+    """The gateway before and after, the bare python-socketio relay and the Node relay."""
+    return {
+        "before": Target("before", "gateway", "gateway before", revs.worktree),
+        "after": Target("after", "gateway", "gateway after"),
+        "baseline": Target("baseline", "baseline", "python-socketio relay"),
+        "node": Target("node", "node", "Node socket.io relay"),
+    }
+
+
+def report_head(script: str, quick: bool, started: float, revisions: Any) -> dict[str, Any]:
+    """The fields every result file starts with: when, which command, how long, on what."""
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": f"{script} " + " ".join(sys.argv[1:]),
+        "quick": quick,
+        "wall_s": time.monotonic() - started,
+        "machine": run.machine_info(),
+        "revisions": revisions,
+    }
+
+
+def write_report(
+    report: dict[str, Any], output: str, title: str, markdown: Callable[[dict[str, Any]], str]
+) -> int:
+    """*report* as ``output.json`` and, titled, ``output.md``; the page printed too. The exit
+    status: 1 when anything failed."""
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    md = markdown(report)
+    out.with_suffix(".md").write_text(f"# {title}\n\n" + md)
+    print(md)
+    run.log(f"done in {report['wall_s']:.0f} s; wrote {out.with_suffix('.json')} and .md")
+    return 1 if report["failures"] else 0
 
 
 def nofile_limit() -> int:

@@ -29,8 +29,6 @@ server's CPU during the storm. Heartbeats are out of the way (every 120 s). Resu
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import shutil
 import sys
 import tempfile
@@ -125,13 +123,11 @@ def markdown(report: dict[str, Any]) -> str:
     mi = report["machine"]
     rv = report["revisions"]
     lines = [
-        f"Run {report['date']} · `{report['command']}` · wall {report['wall_s']:.0f} s"
-        + (" · **quick (validation only)**" if report["quick"] else ""),
+        crowd.run_line(report),
         "",
-        f"Machine: {mi['nproc']} cores, {mi['cpu_model']}, Linux {mi['kernel']}; Python "
-        f"{mi['python']}, Node {mi['node']}. before = `{rv['before']['sha'][:10]}`; after = "
-        f"working tree at `{rv['after']['sha'][:10]}`"
-        + (" (gateway/ modified)" if rv["after"]["gateway_dirty"] else "")
+        crowd.machine_words(mi)
+        + f". before = `{rv['before']['sha'][:10]}`; "
+        + crowd.after_words(rv)
         + f". {report['clients']} clients in {report['procs']} processes; storm: all close, "
         "1 s later all reconnect at once"
         + (f" ({report['storm_concurrency']} in flight)" if report["storm_concurrency"] else "")
@@ -253,12 +249,7 @@ def main() -> int:
     failures: list[str] = []
     try:
         with crowd.Revisions(args.before, tmp) as revs:
-            targets = {
-                "before": crowd.Target("before", "gateway", "gateway before", revs.worktree),
-                "after": crowd.Target("after", "gateway", "gateway after"),
-                "baseline": crowd.Target("baseline", "baseline", "python-socketio relay"),
-                "node": crowd.Target("node", "node", "Node socket.io relay"),
-            }
+            targets = crowd.server_targets(revs)
             for key in servers:
                 if time.monotonic() - started > DEADLINE_S:
                     failures.append(f"{key}: skipped, past the time budget")
@@ -273,12 +264,7 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "bench/reconnect_storm.py " + " ".join(sys.argv[1:]),
-        "quick": args.quick,
-        "wall_s": time.monotonic() - started,
-        "machine": run.machine_info(),
-        "revisions": rev_info,
+        **crowd.report_head("bench/reconnect_storm.py", args.quick, started, rev_info),
         "clients": args.clients,
         "procs": args.procs,
         "fill_concurrency": args.fill_concurrency,
@@ -287,14 +273,7 @@ def main() -> int:
         "failures": failures,
         "runs": runs,
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    md = markdown(report)
-    out.with_suffix(".md").write_text("# Reconnect storm\n\n" + md)
-    print(md)
-    run.log(f"done in {report['wall_s']:.0f} s; wrote {out.with_suffix('.json')} and .md")
-    return 1 if failures else 0
+    return crowd.write_report(report, args.output, "Reconnect storm", markdown)
 
 
 if __name__ == "__main__":
