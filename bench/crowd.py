@@ -22,12 +22,14 @@ import datetime as dt
 import json
 import os
 import queue
+import re
 import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -495,6 +497,56 @@ def write_report(
     print(md)
     run.log(f"done in {report['wall_s']:.0f} s; wrote {out.with_suffix('.json')} and .md")
     return 1 if report["failures"] else 0
+
+
+STALL_HISTOGRAMS = ("wshub_event_loop_lag_seconds", "wshub_gc_pause_seconds")
+
+
+def stall_counts(url: str) -> dict[str, dict[str, float]] | None:
+    """The cumulative buckets (and ``sum``) of the gateway's stall histograms, by series (the GC's
+    by generation), from its ``/metrics``; None from a server without them (the relays, older
+    revisions)."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    series: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        for name in STALL_HISTOGRAMS:
+            if not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', head))
+            key = name + (f" gen{labels['generation']}" if "generation" in labels else "")
+            if head.startswith(name + "_bucket"):
+                series.setdefault(key, {})[labels["le"]] = float(value)
+            elif head.startswith(name + "_sum"):
+                series.setdefault(key, {})["sum"] = float(value)
+    return series or None
+
+
+def stalls_between(
+    a: dict[str, dict[str, float]] | None, b: dict[str, dict[str, float]] | None
+) -> dict[str, dict[str, Any]] | None:
+    """Per series, between two :func:`stall_counts`: how many, seconds in all, how many over
+    50 ms, and the bucket bound under which the worst one fell."""
+    if a is None or b is None:
+        return None
+    out: dict[str, dict[str, Any]] = {}
+    for key, after in b.items():
+        before = a.get(key, {})
+        diff = {le: after[le] - before.get(le, 0.0) for le in after}
+        total = diff.get("+Inf", 0.0)
+        bounds = sorted((float(le), n) for le, n in diff.items() if le not in ("+Inf", "sum"))
+        worst = next((le for le, n in bounds if n >= total), None) if total else 0.0
+        out[key] = {
+            "count": total,
+            "seconds": diff.get("sum", 0.0),
+            "over_50ms": total - diff.get("0.05", 0.0),
+            "worst_under_s": worst,  # None: above the largest bound
+        }
+    return out
 
 
 def nofile_limit() -> int:

@@ -76,6 +76,7 @@ def one_run(target: crowd.Target, args: argparse.Namespace, tmp: Path) -> dict[s
         polite.send("seg before")
         time.sleep(args.quiet)
         marks = [crowd.snapshot(servers, clients)]
+        stalls = crowd.stall_counts(node.url) if target.kind == "gateway" else None
         polite.send("seg storm")
         spy = None
         if args.profile and target.kind == "gateway":
@@ -86,6 +87,8 @@ def one_run(target: crowd.Target, args: argparse.Namespace, tmp: Path) -> dict[s
         if spy is not None:
             entry["profile"] = spy.wait()
         marks.append(crowd.snapshot(servers, clients))
+        if stalls is not None:
+            entry["stalls"] = crowd.stalls_between(stalls, crowd.stall_counts(node.url))
         polite.send("seg after")
         time.sleep(args.quiet)
         polite.send("seg -")
@@ -197,9 +200,35 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {e['server']} | {f['all_connected_s']:.1f} | {f['failed']} | "
                 f"{crowd.fmt_ms(f['ready_ms']['p99'])} |"
             )
+    lines += stall_table(report["runs"])
     if report["failures"]:
         lines += ["", *[f"Failed: {f}" for f in report["failures"]]]
     return "\n".join(lines) + "\n"
+
+
+def stall_table(runs: list[dict[str, Any]]) -> list[str]:
+    """The gateway's own stalls during the storm, from its /metrics (where it has them)."""
+    rows = [e for e in runs if e.get("stalls")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "The gateway's own stalls from the storm's start until everyone was in, from its "
+        "`/metrics`: how late its event loop ran a timer (sampled every 0.1 s) and each garbage "
+        "collection by generation; count, seconds in all, how many over 50 ms, the worst "
+        "(under the histogram bound given).",
+        "",
+        "| server | series | count | seconds | over 50 ms | worst under (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in rows:
+        for key, st in sorted(e["stalls"].items()):
+            worst = st["worst_under_s"]
+            lines.append(
+                f"| {e['server']} | {key} | {st['count']:.0f} | {st['seconds']:.2f} | "
+                f"{st['over_50ms']:.0f} | {'> 2.5' if worst is None else f'{worst:g}'} |"
+            )
+    return lines
 
 
 def main() -> int:
