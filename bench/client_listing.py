@@ -31,8 +31,6 @@ event rates keep their defaults except where said. Results:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import shutil
 import sys
 import tempfile
@@ -153,13 +151,11 @@ def markdown(report: dict[str, Any]) -> str:
     mi = report["machine"]
     rv = report["revisions"]
     lines = [
-        f"Run {report['date']} · `{report['command']}` · wall {report['wall_s']:.0f} s"
-        + (" · **quick (validation only)**" if report["quick"] else ""),
+        crowd.run_line(report),
         "",
-        f"Machine: {mi['nproc']} cores, {mi['cpu_model']}, Linux {mi['kernel']}; Python "
-        f"{mi['python']}, Node {mi['node']}. before = `{rv['before']['sha'][:10]}`; after = "
-        f"working tree at `{rv['after']['sha'][:10]}`"
-        + (" (gateway/ modified)" if rv["after"]["gateway_dirty"] else "")
+        crowd.machine_words(mi)
+        + f". before = `{rv['before']['sha'][:10]}`; "
+        + crowd.after_words(rv)
         + f". {report['clients']} named idle clients; the lister asks `system:clients` "
         f"{report['rate']:g} times a second for {report['duration']:g} s; quiet window "
         f"{report['quiet']:g} s before it.",
@@ -260,12 +256,7 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "bench/client_listing.py " + " ".join(sys.argv[1:]),
-        "quick": args.quick,
-        "wall_s": time.monotonic() - started,
-        "machine": run.machine_info(),
-        "revisions": rev_info,
+        **crowd.report_head("bench/client_listing.py", args.quick, started, rev_info),
         "clients": args.clients,
         "rate": args.rate,
         "duration": args.duration,
@@ -275,14 +266,7 @@ def main() -> int:
         "failures": failures,
         "runs": runs,
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    md = markdown(report)
-    out.with_suffix(".md").write_text("# Client listing amplifier\n\n" + md)
-    print(md)
-    run.log(f"done in {report['wall_s']:.0f} s; wrote {out.with_suffix('.json')} and .md")
-    return 1 if failures else 0
+    return crowd.write_report(report, args.output, "Client listing amplifier", markdown)
 
 
 if __name__ == "__main__":

@@ -18,15 +18,19 @@ wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import queue
+import re
 import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -435,6 +439,113 @@ def merge_connect_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     out["connect_ms_worst_process"] = {
         k: max((p[k] for p in parts), default=None) for k in ("p50", "p99", "max")
     }
+    return out
+
+
+def run_line(report: dict[str, Any]) -> str:
+    """The first line of a result page: when, which command, how long, whether quick."""
+    return f"Run {report['date']} · `{report['command']}` · wall {report['wall_s']:.0f} s" + (
+        " · **quick (validation only)**" if report["quick"] else ""
+    )
+
+
+def machine_words(mi: dict[str, Any]) -> str:
+    return (
+        f"Machine: {mi['nproc']} cores, {mi['cpu_model']}, Linux {mi['kernel']}; Python "
+        f"{mi['python']}, Node {mi['node']}"
+    )
+
+
+def after_words(rv: dict[str, Any]) -> str:
+    return f"after = working tree at `{rv['after']['sha'][:10]}`" + (
+        " (gateway/ modified)" if rv["after"]["gateway_dirty"] else ""
+    )
+
+
+def server_targets(revs: Revisions) -> dict[str, Target]:
+    """The gateway before and after, the bare python-socketio relay and the Node relay."""
+    return {
+        "before": Target("before", "gateway", "gateway before", revs.worktree),
+        "after": Target("after", "gateway", "gateway after"),
+        "baseline": Target("baseline", "baseline", "python-socketio relay"),
+        "node": Target("node", "node", "Node socket.io relay"),
+    }
+
+
+def report_head(script: str, quick: bool, started: float, revisions: Any) -> dict[str, Any]:
+    """The fields every result file starts with: when, which command, how long, on what."""
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": f"{script} " + " ".join(sys.argv[1:]),
+        "quick": quick,
+        "wall_s": time.monotonic() - started,
+        "machine": run.machine_info(),
+        "revisions": revisions,
+    }
+
+
+def write_report(
+    report: dict[str, Any], output: str, title: str, markdown: Callable[[dict[str, Any]], str]
+) -> int:
+    """*report* as ``output.json`` and, titled, ``output.md``; the page printed too. The exit
+    status: 1 when anything failed."""
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    md = markdown(report)
+    out.with_suffix(".md").write_text(f"# {title}\n\n" + md)
+    print(md)
+    run.log(f"done in {report['wall_s']:.0f} s; wrote {out.with_suffix('.json')} and .md")
+    return 1 if report["failures"] else 0
+
+
+STALL_HISTOGRAMS = ("wshub_event_loop_lag_seconds", "wshub_gc_pause_seconds")
+
+
+def stall_counts(url: str) -> dict[str, dict[str, float]] | None:
+    """The cumulative buckets (and ``sum``) of the gateway's stall histograms, by series (the GC's
+    by generation), from its ``/metrics``; None from a server without them (the relays, older
+    revisions)."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    series: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        for name in STALL_HISTOGRAMS:
+            if not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', head))
+            key = name + (f" gen{labels['generation']}" if "generation" in labels else "")
+            if head.startswith(name + "_bucket"):
+                series.setdefault(key, {})[labels["le"]] = float(value)
+            elif head.startswith(name + "_sum"):
+                series.setdefault(key, {})["sum"] = float(value)
+    return series or None
+
+
+def stalls_between(
+    a: dict[str, dict[str, float]] | None, b: dict[str, dict[str, float]] | None
+) -> dict[str, dict[str, Any]] | None:
+    """Per series, between two :func:`stall_counts`: how many, seconds in all, how many over
+    50 ms, and the bucket bound under which the worst one fell."""
+    if a is None or b is None:
+        return None
+    out: dict[str, dict[str, Any]] = {}
+    for key, after in b.items():
+        before = a.get(key, {})
+        diff = {le: after[le] - before.get(le, 0.0) for le in after}
+        total = diff.get("+Inf", 0.0)
+        bounds = sorted((float(le), n) for le, n in diff.items() if le not in ("+Inf", "sum"))
+        worst = next((le for le, n in bounds if n >= total), None) if total else 0.0
+        out[key] = {
+            "count": total,
+            "seconds": diff.get("sum", 0.0),
+            "over_50ms": total - diff.get("0.05", 0.0),
+            "worst_under_s": worst,  # None: above the largest bound
+        }
     return out
 
 

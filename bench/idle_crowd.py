@@ -31,8 +31,6 @@ inbound acks. Results: ``bench/results/idle_crowd.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import shutil
 import sys
 import tempfile
@@ -231,14 +229,11 @@ def markdown(report: dict[str, Any]) -> str:
     mi = report["machine"]
     rv = report["revisions"]
     lines = [
-        f"Run {report['date']} · `{report['command']}` · wall {report['wall_s']:.0f} s"
-        + (" · **quick (validation only)**" if report["quick"] else ""),
+        crowd.run_line(report),
         "",
-        f"Machine: {mi['nproc']} cores, {mi['cpu_model']}, Linux {mi['kernel']}; Python "
-        f"{mi['python']}, Node {mi['node']}; descriptors per process {report['nofile']}. "
-        f"before = `{rv['before']['sha'][:10]}` {rv['before']['subject'][:60]}; after = working "
-        f"tree at `{rv['after']['sha'][:10]}`"
-        + (" (gateway/ modified)" if rv["after"]["gateway_dirty"] else "")
+        crowd.machine_words(mi) + f"; descriptors per process {report['nofile']}. "
+        f"before = `{rv['before']['sha'][:10]}` {rv['before']['subject'][:60]}; "
+        + crowd.after_words(rv)
         + ".",
         "",
         f"Heartbeat every {report['interval']:g} s (gateway: `WSHUB_HEARTBEAT_INTERVAL="
@@ -366,12 +361,7 @@ def main() -> int:
     failures: list[str] = []
     try:
         with crowd.Revisions(args.before, tmp) as revs:
-            targets = {
-                "before": crowd.Target("before", "gateway", "gateway before", revs.worktree),
-                "after": crowd.Target("after", "gateway", "gateway after"),
-                "baseline": crowd.Target("baseline", "baseline", "python-socketio relay"),
-                "node": crowd.Target("node", "node", "Node socket.io relay"),
-            }
+            targets = crowd.server_targets(revs)
             for key in servers:
                 if time.monotonic() - started > DEADLINE_S:
                     failures.append(f"{key}: skipped, past the time budget")
@@ -385,13 +375,8 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "bench/idle_crowd.py " + " ".join(sys.argv[1:]),
-        "quick": args.quick,
-        "wall_s": time.monotonic() - started,
-        "machine": run.machine_info(),
+        **crowd.report_head("bench/idle_crowd.py", args.quick, started, rev_info),
         "nofile": nofile,
-        "revisions": rev_info,
         "interval": interval,
         "timeout": timeout,
         "procs": args.procs,
@@ -404,14 +389,7 @@ def main() -> int:
         "failures": failures,
         "runs": runs,
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    md = markdown(report)
-    out.with_suffix(".md").write_text("# Idle crowd\n\n" + md)
-    print(md)
-    run.log(f"done in {report['wall_s']:.0f} s; wrote {out.with_suffix('.json')} and .md")
-    return 1 if failures else 0
+    return crowd.write_report(report, args.output, "Idle crowd", markdown)
 
 
 if __name__ == "__main__":

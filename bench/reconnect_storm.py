@@ -29,8 +29,6 @@ server's CPU during the storm. Heartbeats are out of the way (every 120 s). Resu
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import shutil
 import sys
 import tempfile
@@ -78,6 +76,7 @@ def one_run(target: crowd.Target, args: argparse.Namespace, tmp: Path) -> dict[s
         polite.send("seg before")
         time.sleep(args.quiet)
         marks = [crowd.snapshot(servers, clients)]
+        stalls = crowd.stall_counts(node.url) if target.kind == "gateway" else None
         polite.send("seg storm")
         spy = None
         if args.profile and target.kind == "gateway":
@@ -88,6 +87,8 @@ def one_run(target: crowd.Target, args: argparse.Namespace, tmp: Path) -> dict[s
         if spy is not None:
             entry["profile"] = spy.wait()
         marks.append(crowd.snapshot(servers, clients))
+        if stalls is not None:
+            entry["stalls"] = crowd.stalls_between(stalls, crowd.stall_counts(node.url))
         polite.send("seg after")
         time.sleep(args.quiet)
         polite.send("seg -")
@@ -125,13 +126,11 @@ def markdown(report: dict[str, Any]) -> str:
     mi = report["machine"]
     rv = report["revisions"]
     lines = [
-        f"Run {report['date']} · `{report['command']}` · wall {report['wall_s']:.0f} s"
-        + (" · **quick (validation only)**" if report["quick"] else ""),
+        crowd.run_line(report),
         "",
-        f"Machine: {mi['nproc']} cores, {mi['cpu_model']}, Linux {mi['kernel']}; Python "
-        f"{mi['python']}, Node {mi['node']}. before = `{rv['before']['sha'][:10]}`; after = "
-        f"working tree at `{rv['after']['sha'][:10]}`"
-        + (" (gateway/ modified)" if rv["after"]["gateway_dirty"] else "")
+        crowd.machine_words(mi)
+        + f". before = `{rv['before']['sha'][:10]}`; "
+        + crowd.after_words(rv)
         + f". {report['clients']} clients in {report['procs']} processes; storm: all close, "
         "1 s later all reconnect at once"
         + (f" ({report['storm_concurrency']} in flight)" if report["storm_concurrency"] else "")
@@ -201,9 +200,35 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {e['server']} | {f['all_connected_s']:.1f} | {f['failed']} | "
                 f"{crowd.fmt_ms(f['ready_ms']['p99'])} |"
             )
+    lines += stall_table(report["runs"])
     if report["failures"]:
         lines += ["", *[f"Failed: {f}" for f in report["failures"]]]
     return "\n".join(lines) + "\n"
+
+
+def stall_table(runs: list[dict[str, Any]]) -> list[str]:
+    """The gateway's own stalls during the storm, from its /metrics (where it has them)."""
+    rows = [e for e in runs if e.get("stalls")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "The gateway's own stalls from the storm's start until everyone was in, from its "
+        "`/metrics`: how late its event loop ran a timer (sampled every 0.1 s) and each garbage "
+        "collection by generation; count, seconds in all, how many over 50 ms, the worst "
+        "(under the histogram bound given).",
+        "",
+        "| server | series | count | seconds | over 50 ms | worst under (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in rows:
+        for key, st in sorted(e["stalls"].items()):
+            worst = st["worst_under_s"]
+            lines.append(
+                f"| {e['server']} | {key} | {st['count']:.0f} | {st['seconds']:.2f} | "
+                f"{st['over_50ms']:.0f} | {'> 2.5' if worst is None else f'{worst:g}'} |"
+            )
+    return lines
 
 
 def main() -> int:
@@ -253,12 +278,7 @@ def main() -> int:
     failures: list[str] = []
     try:
         with crowd.Revisions(args.before, tmp) as revs:
-            targets = {
-                "before": crowd.Target("before", "gateway", "gateway before", revs.worktree),
-                "after": crowd.Target("after", "gateway", "gateway after"),
-                "baseline": crowd.Target("baseline", "baseline", "python-socketio relay"),
-                "node": crowd.Target("node", "node", "Node socket.io relay"),
-            }
+            targets = crowd.server_targets(revs)
             for key in servers:
                 if time.monotonic() - started > DEADLINE_S:
                     failures.append(f"{key}: skipped, past the time budget")
@@ -273,12 +293,7 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "bench/reconnect_storm.py " + " ".join(sys.argv[1:]),
-        "quick": args.quick,
-        "wall_s": time.monotonic() - started,
-        "machine": run.machine_info(),
-        "revisions": rev_info,
+        **crowd.report_head("bench/reconnect_storm.py", args.quick, started, rev_info),
         "clients": args.clients,
         "procs": args.procs,
         "fill_concurrency": args.fill_concurrency,
@@ -287,14 +302,7 @@ def main() -> int:
         "failures": failures,
         "runs": runs,
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    md = markdown(report)
-    out.with_suffix(".md").write_text("# Reconnect storm\n\n" + md)
-    print(md)
-    run.log(f"done in {report['wall_s']:.0f} s; wrote {out.with_suffix('.json')} and .md")
-    return 1 if failures else 0
+    return crowd.write_report(report, args.output, "Reconnect storm", markdown)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
 import os
 import shutil
 import signal
@@ -446,20 +444,17 @@ def markdown(report: dict[str, Any]) -> str:
     ref = reference(runs)
     f = run.fmt
     lines = [
-        f"Run {report['date']} · `{report['command']}` · wall {report['wall_s']:.0f} s"
-        + (" · **quick (validation only)**" if report["quick"] else ""),
+        crowd.run_line(report),
         "",
-        f"Machine: {mi['nproc']} cores, {mi['cpu_model']}, Linux {mi['kernel']}; Python "
-        f"{mi['python']}, Node {mi['node']}; Redis {report['redis_version']} on 127.0.0.1:6379 "
+        crowd.machine_words(mi) + f"; Redis {report['redis_version']} on 127.0.0.1:6379 "
         "(shared with other sessions: its CPU figure includes theirs)"
         + (
             f"; Redis Cluster: 3 masters, Redis {report['cluster_version']}, started by the bench"
             if report.get("cluster_version")
             else ""
         )
-        + f". before = `{rv['before']['sha'][:10]}` {rv['before']['subject'][:50]}…; after = "
-        f"working tree at `{rv['after']['sha'][:10]}`"
-        + (" (gateway/ modified)" if rv["after"]["gateway_dirty"] else "")
+        + f". before = `{rv['before']['sha'][:10]}` {rv['before']['subject'][:50]}…; "
+        + crowd.after_words(rv)
         + (
             f" **after run from `{report['after_tree']}`, not the working tree**"
             if report.get("after_tree")
@@ -758,12 +753,7 @@ def main() -> int:
         rev_info = revs.info()
 
     report = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "bench/scaling.py " + " ".join(sys.argv[1:]),
-        "quick": args.quick,
-        "wall_s": time.monotonic() - started,
-        "machine": run.machine_info(),
-        "revisions": rev_info,
+        **crowd.report_head("bench/scaling.py", args.quick, started, rev_info),
         "redis_version": redis_version,
         "cluster_version": cluster_version,
         "redis_url": args.redis_url,
@@ -776,14 +766,7 @@ def main() -> int:
         "failures": failures,
         "runs": runs,
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    md = markdown(report)
-    out.with_suffix(".md").write_text("# Scaling across gateway processes\n\n" + md)
-    print(md)
-    run.log(f"done in {report['wall_s']:.0f} s; wrote {out.with_suffix('.json')} and .md")
-    return 1 if failures else 0
+    return crowd.write_report(report, args.output, "Scaling across gateway processes", markdown)
 
 
 if __name__ == "__main__":
