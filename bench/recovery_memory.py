@@ -70,7 +70,7 @@ async def measure(sessions: int, held: int) -> dict[str, Any]:
     )
     tracemalloc.start(25)
     server = LiveServer(settings).start()  # on its own thread and event loop
-    js = await JsClients().start()
+    js = await JsClients(lifetime=1800).start()  # a thousand sessions take minutes here
     url = f"http://127.0.0.1:{server.port}"
     figures: dict[str, float] = {}
 

@@ -104,5 +104,7 @@ lines.on("line", async (line) => {
     process.stdout.write(`${JSON.stringify({ ok: false, error: String(err && err.message) })}\n`);
   }
 });
-// A test that dies must not leave this process behind.
-setTimeout(() => process.exit(3), 120_000).unref();
+// A test that dies must not leave this process behind: it ends after its lifetime (seconds, the
+// first argument; 120 by default).
+const lifetimeS = Number(process.argv[2] ?? 120);
+setTimeout(() => process.exit(3), lifetimeS * 1000).unref();

@@ -20,9 +20,12 @@ DRIVER = Path(__file__).parents[1] / "interop" / "driver.mjs"
 class JsClients:
     """A Node process holding named sockets."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, lifetime: float = 120) -> None:
+        """*lifetime*: seconds after which the driver ends itself, so that a test that dies
+        leaves no Node process behind."""
         self._process: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
+        self._lifetime = lifetime
 
     async def start(self) -> JsClients:
         if shutil.which("node") is None:
@@ -32,6 +35,7 @@ class JsClients:
         self._process = await asyncio.create_subprocess_exec(
             "node",
             str(DRIVER),
+            str(self._lifetime),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=16 * 1024 * 1024,
@@ -45,6 +49,8 @@ class JsClients:
             process.stdin.write((json.dumps({"cmd": cmd, **fields}) + "\n").encode())
             await process.stdin.drain()
             line = await asyncio.wait_for(process.stdout.readline(), 30)
+        if not line:
+            raise AssertionError(f"{cmd} {fields}: the driver ended (past its lifetime?)")
         answer = json.loads(line)
         if not answer["ok"]:
             raise AssertionError(f"{cmd} {fields}: {answer['error']}")
