@@ -17,23 +17,14 @@ from hypothesis import strategies as st
 
 from gateway.protocol.errors import ErrorCode
 from gateway.protocol.events import Inbound
+from tests.support import strategies
 from tests.support.client import Client
 from tests.support.process import GatewayProcess, rss_kib
 
 SEVEN = {code.value for code in ErrorCode}
 REPLY_KEYS = {"success", "clients", "timestamp", "heartbeat"}
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=40),
-    lambda children: (
-        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
-    ),
-    max_leaves=20,
-)
+json_values = strategies.json_values(text=40, width=5, leaves=20)
 # Payloads shaped like the real ones, so the fuzzer gets past the first type check too.
 shaped = st.fixed_dictionaries(
     {},

@@ -22,6 +22,7 @@ from gateway.protocol.events import Inbound, Outbound
 from gateway.settings import Settings
 from gateway.store.base import StoreUnavailable
 from gateway.store.memory import MemoryStore
+from tests.support import strategies
 from tests.support.client import Client
 from tests.support.ops import scrape
 from tests.support.raw import (
@@ -403,17 +404,7 @@ async def test_a_binary_event_is_refused_once_and_its_attachments_swallowed(
 
 # -- the fuzzer ----------------------------------------------------------------------------
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=30),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=15,
-)
+json_values = strategies.json_values(text=30, width=4, leaves=15)
 RESERVED = ["*", "connect", "disconnect", "connect_error", "disconnecting", "newListener"]
 names = (
     st.sampled_from(RESERVED + [e.value for e in Inbound] + [e.value for e in Outbound])

@@ -21,6 +21,7 @@ from gateway.transport.sio_codec import (
     encode_disconnect,
     encode_event,
 )
+from tests.support import strategies
 
 T = PacketType
 
@@ -136,17 +137,7 @@ def test_encoders() -> None:
     assert encode_disconnect("/chat") == "1/chat,"
 
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
-    ),
-    max_leaves=12,
-)
+json_values = strategies.json_values(text=20, width=4, leaves=12)
 
 
 @settings(max_examples=300)
