@@ -23,6 +23,7 @@ import engineio.async_drivers.asgi as engineio_asgi
 import engineio.async_socket
 import engineio.base_server
 import engineio.payload
+import hypercorn.asyncio.tcp_server as tcp_server
 import hypercorn.protocol.ws_stream as ws_stream
 import orjson
 import pytest
@@ -122,6 +123,12 @@ FINGERPRINTS: dict[str, tuple[Callable[[], Any], str, str]] = {
         "701a154c29b5ab4ced15e262dfcfcb7ee191333265a52d7c721f1cdec11865bb",
         "install() in gateway/server/websocket.py (rebinds ws_stream.PerMessageDeflate, "
         "which Handshake.accept instantiates)",
+    ),
+    "hypercorn asyncio.tcp_server.TCPServer": (
+        lambda: tcp_server.TCPServer,
+        "3bfa72b319509f2b02a757c59348721eb890e6db97fe21ccd7fd08541f2f4ee5",
+        "serve() in gateway/server/runner.py (builds TCPServer per connection, awaits it, and "
+        "drops its private protocol and _task_group attributes to cut their reference cycle)",
     ),
 }
 
