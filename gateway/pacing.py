@@ -15,11 +15,12 @@ slice's worth of it.
 
 :class:`Turnstile` paces work that arrives rather than work handed out: new connections. In a
 reconnect storm thousands arrive within a second; started all at once, every handshake makes
-progress at the same time, each step of each waits behind the same step of all the others, the
-loop's passes grow to seconds for every client (measured with 10 000 reconnecting at once: a
-connected client's round trip up to 3.9 s), and the handshakes finish late and together, so
-that clients time out. Through the turnstile they start in arrival order, a slice at a time,
-whenever the loop has caught up: the same work, done first come first served.
+progress at the same time, each step of each waits behind the same step of all the others, and
+the handshakes finish late and together, so that clients time out (measured with 10 000
+reconnecting at once: up to 2 311 failed first attempts). Through the turnstile they start in
+arrival order, a slice at a time, whenever the loop has caught up: the same work, done first
+come first served (0 failed). It does not make the work cheaper: a storm still saturates the
+loop while it lasts.
 """
 
 from __future__ import annotations

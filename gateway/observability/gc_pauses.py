@@ -1,8 +1,8 @@
 """How long the garbage collector stops the event loop, per generation.
 
 A collection runs inside whatever allocation triggered it, so every connection of the worker
-waits for it; it is invisible in event latencies (it lands on whoever is next) and was the
-largest stall found in a reconnect storm (docs/performance.md). ``gc.callbacks`` is the public
+waits for it; it is invisible in event latencies (it lands on whoever is next) and was about
+half of the event loop's lag in a reconnect storm (bench/README.md). ``gc.callbacks`` is the public
 hook: it is called with ``"start"`` and ``"stop"`` around each collection.
 """
 

@@ -100,7 +100,8 @@ async def serve(
     context = WorkerContext(None)
     connections: set[asyncio.Task[None]] = set()
     # New connections start first come first served, as fast as the loop digests them
-    # (gateway.pacing: a reconnect storm is absorbed instead of stalling everyone).
+    # (gateway.pacing: in a reconnect storm handshakes finish in arrival order instead of
+    # all late together, past the clients' timeout).
     arrivals = Turnstile(ARRIVALS)
     ssl_context = config.create_ssl_context() if listeners.public.secure_sockets else None
     if ssl_context is not None:

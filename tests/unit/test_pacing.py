@@ -67,29 +67,24 @@ class Ticking(Pace):
         self.log.append("pause")  # type: ignore[attr-defined]
 
 
+async def arrive(turnstile: Turnstile, name: str, log: list[str]) -> None:
+    await turnstile.through()
+    log.append(name)
+
+
 async def test_the_turnstile_lets_arrivals_through_in_order_a_slice_per_pause() -> None:
     log: list[str] = []
     turnstile = Turnstile(Ticking(size=2, log=log))
-
-    async def arrive(name: str) -> None:
-        await turnstile.through()
-        log.append(name)
-
-    await asyncio.gather(*(arrive(f"c{i}") for i in range(5)))
+    await asyncio.gather(*(arrive(turnstile, f"c{i}", log) for i in range(5)))
     assert log == ["c0", "c1", "pause", "c2", "c3", "pause", "c4", "pause"]
 
 
 async def test_a_caller_cancelled_at_the_turnstile_gives_its_place_to_the_next() -> None:
     log: list[str] = []
     turnstile = Turnstile(Ticking(size=1, log=log))
-
-    async def arrive(name: str) -> None:
-        await turnstile.through()
-        log.append(name)
-
-    first = asyncio.create_task(arrive("c0"))
-    gone = asyncio.create_task(arrive("gone"))
-    last = asyncio.create_task(arrive("c2"))
+    first = asyncio.create_task(arrive(turnstile, "c0", log))
+    gone = asyncio.create_task(arrive(turnstile, "gone", log))
+    last = asyncio.create_task(arrive(turnstile, "c2", log))
     await asyncio.sleep(0)  # all three have arrived; c0 is through
     gone.cancel()
     await asyncio.gather(first, last, return_exceptions=True)
