@@ -26,9 +26,12 @@ from urllib.parse import unquote, urlparse
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+
+from .resp_link import Endpoint, LinkDown
 
 Kind = Literal["standalone", "sentinel", "cluster"]
 AnyRedis = aioredis.Redis | RedisCluster
@@ -81,24 +84,19 @@ def parse(url: str) -> RedisTarget:
     return RedisTarget(kind, url, nodes, service, options)  # type: ignore[arg-type]
 
 
-_UNSET: Any = object()
-
-
 def connect(
     target: RedisTarget,
     *,
     timeout: float,
     pool_size: int,
     decode_responses: bool,
-    read_timeout: float | None = _UNSET,
 ) -> AnyRedis:
-    """A client for *target*. Every call is bounded by *timeout* (connecting included) unless
-    *read_timeout* says otherwise (None: wait as long as it takes, for subscriptions), a
+    """A client for *target*. Every call is bounded by *timeout* (connecting included), a
     dropped connection is retried once at once (a restarted Redis), and a burst of callers
     waits for a pooled connection rather than failing with "Too many connections"."""
     common: dict[str, Any] = {
         "decode_responses": decode_responses,
-        "socket_timeout": timeout if read_timeout is _UNSET else read_timeout,
+        "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
     }
     if target.kind == "standalone":
@@ -164,6 +162,73 @@ def cancellation_kept() -> Iterator[None]:
     yield
     if task is not None and task.cancelling() > before:
         raise asyncio.CancelledError
+
+
+class Locator:
+    """Where a lean link (:mod:`gateway.store.resp_link`) for a pub/sub channel connects: the one
+    Redis, the primary that Sentinel names now, or the cluster shard that owns the channel's
+    slot. Addresses, credentials and TLS settings are the ones *client* (made by
+    :func:`connect`) uses, read from its public connection settings."""
+
+    def __init__(self, client: AnyRedis) -> None:
+        self._client = client
+        self._refreshing: asyncio.Task[None] | None = None
+
+    async def endpoint(self, channel: str) -> Endpoint:
+        """Raises :class:`LinkDown` when the topology cannot say (no Sentinel answers, no shard
+        owns the slot)."""
+        try:
+            with cancellation_kept():
+                return await self._endpoint(channel)
+        except LinkDown:
+            raise
+        except Exception as exc:  # redis-py raises many kinds; all mean "cannot say now"
+            raise LinkDown(f"cannot find the Redis for {channel}: {exc}") from exc
+
+    async def refresh(self) -> None:
+        """Reload a cluster's slot map (a slot moved); callers that come meanwhile share it."""
+        if not isinstance(self._client, RedisCluster):
+            return
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._client.nodes_manager.initialize())
+        try:
+            with cancellation_kept():
+                await asyncio.shield(self._refreshing)
+        except Exception as exc:
+            raise LinkDown(f"cannot reload the cluster's slot map: {exc}") from exc
+
+    async def _endpoint(self, channel: str) -> Endpoint:
+        client = self._client
+        if isinstance(client, RedisCluster):
+            # The client itself first (a no-op once done): redis-py 8.1 routes a command
+            # through its command table, which only RedisCluster.initialize() loads.
+            await client.initialize()
+            node = client.get_node_from_key(channel)
+            if node is None:
+                raise LinkDown(f"no cluster node owns the slot of {channel}")
+            settings = {**node.connection_kwargs, "host": node.host, "port": node.port}
+            return _endpoint(node.connection_class, settings)
+        pool = client.connection_pool
+        settings = dict(pool.connection_kwargs)
+        if isinstance(pool, SentinelConnectionPool):
+            settings["host"], settings["port"] = await pool.get_master_address()  # type: ignore[no-untyped-call]
+        return _endpoint(pool.connection_class, settings)
+
+
+def _endpoint(connection_class: type, settings: dict[str, Any]) -> Endpoint:
+    tls = None
+    if issubclass(connection_class, SSLConnection):
+        # redis-py's own reading of the ssl_* settings (certificate checks, CA, client cert).
+        ssl_settings = {k: v for k, v in settings.items() if k.startswith("ssl_")}
+        tls = SSLConnection(**ssl_settings).ssl_context.get()
+    return Endpoint(
+        host=settings.get("host", "localhost"),
+        port=int(settings.get("port", 6379)),
+        path=settings.get("path"),
+        username=settings.get("username"),
+        password=settings.get("password"),
+        tls=tls,
+    )
 
 
 class BlockingSentinelConnectionPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):

@@ -37,6 +37,16 @@ and in metrics) is the last probe's outcome, and a subscription that did not hea
 restarted (the other one, still hearing, is left alone: a restart loses what arrives
 meanwhile).
 
+Publishes and subscriptions go over lean links of our own (``gateway.store.resp_link``: one
+pipelined connection per Redis or shard for every publish, one per subscription, replies parsed
+by hiredis, a subscription's messages handled in the event loop's read callback), not through
+redis-py's client, which cost more per publish than the rest of a cross-node DM's way through
+the sending node; redis-py only says where to connect (``redis_topology.Locator``). A
+subscription's deliveries are handed over as they are read; a broadcast, whose fan-out takes
+its time, holds what arrives after it in a backlog, so that frames are handled in the order they
+came, and past ``_BACKLOG_HIGH`` waiting frames the subscriptions stop reading (Redis buffers,
+then applies its own limit for slow subscribers) until it is down to ``_BACKLOG_LOW``.
+
 ``wshub_backplane_frames_received{kind}`` counts the frames this node decoded: with targeted
 routing a node sees the deliveries, requests and control messages addressed to it, every
 broadcast, every route announcement and every node's probe, nothing else.
@@ -46,21 +56,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import orjson
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from ..store.base import StoreUnavailable
-from ..store.redis import POOL_SIZE
-from ..store.redis_topology import AnyRedis, RedisTarget, cancellation_kept, connect
+from ..store.redis_topology import Locator, RedisTarget, connect
+from ..store.resp_link import Endpoint, Link, LinkDown, ReplyError, pack
 
 log = logging.getLogger("wshub.backplane")
 
@@ -76,6 +84,11 @@ _KINDS = {
 }
 # Past this many names waiting to be announced, one "forget every route" is sent instead.
 _ANNOUNCED_NAMES_MAX = 1_000
+# Frames waiting behind a broadcast's fan-out: past HIGH the subscriptions pause, until LOW.
+_BACKLOG_HIGH = 10_000
+_BACKLOG_LOW = 1_000
+# Why a subscription's link was closed when its channel's slot moved to another shard.
+_MOVED = "moved"
 
 
 class BackplaneUnavailable(StoreUnavailable):
@@ -115,16 +128,24 @@ class Backplane:
         self._target = target
         self._prefix = prefix
         self._probe_timeout = probe_timeout
-        self._redis: AnyRedis = connect(
-            target, timeout=timeout, pool_size=POOL_SIZE, decode_responses=False
+        self._timeout = timeout
+        # redis-py, only to find where to connect (Sentinel's primary, a slot's shard).
+        self._client = connect(target, timeout=timeout, pool_size=2, decode_responses=False)
+        self._locator = Locator(self._client)
+        self._publish_verb, self._subscribe_verb = (
+            (b"SPUBLISH", b"SSUBSCRIBE") if target.sharded else (b"PUBLISH", b"SUBSCRIBE")
         )
-        # Subscriptions wait for messages as long as it takes (an idle channel is not an error);
-        # a dead one is found by the probe, which puts traffic on both channels every interval.
-        self._listening: AnyRedis | None = None
-        if not target.sharded:
-            self._listening = connect(
-                target, timeout=timeout, pool_size=4, decode_responses=False, read_timeout=None
-            )
+        # Command links: opened (or opening) per address, and which one each channel uses (one
+        # for every channel, except on a cluster).
+        self._opened: dict[str, asyncio.Task[Link]] = {}
+        self._link_of: dict[str, Link] = {}
+        # Each subscription's link; it waits for messages as long as it takes (an idle channel
+        # is not an error): a dead one is found by the probe, which puts traffic on both
+        # channels every interval.
+        self._subscriptions: dict[str, Link] = {}
+        self._backlog: deque[bytes] = deque()
+        self._drainer: asyncio.Task[None] | None = None
+        self._paused = False
         self.own_channel = self.channel_of(node_id)
         self.broadcast_channel = f"{prefix}ch:all"
         self.healthy = False
@@ -180,16 +201,20 @@ class Backplane:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._announcer), self._probe_timeout)
         self._stopped = True
-        tasks = [*self._listeners.values(), *self._work]
-        if self._announcer is not None:
-            tasks.append(self._announcer)
+        tasks = [*self._listeners.values(), *self._work, *self._opened.values()]
+        for task in (self._announcer, self._drainer):
+            if task is not None:
+                tasks.append(task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._listeners.clear()
-        await self._redis.aclose()
-        if self._listening is not None:
-            await self._listening.aclose()
+        for opened in self._opened.values():
+            if _usable(opened):
+                opened.result().close()
+        self._opened.clear()
+        self._link_of.clear()
+        await self._client.aclose()
 
     # -- sending
 
@@ -302,16 +327,37 @@ class Backplane:
         return self.healthy
 
     async def _publish(self, channel: str, frame: bytes) -> int:
+        command = pack(self._publish_verb, channel.encode(), frame)
         try:
-            with cancellation_kept():
-                if self._target.sharded:
-                    taken = await self._redis.execute_command("SPUBLISH", channel, frame)
-                else:
-                    taken = await self._redis.publish(channel, frame)
-        except Exception as exc:  # redis-py raises many kinds; all mean "not sent"
+            try:
+                return int(await (await self._link_for(channel)).call(command))
+            except ReplyError as exc:
+                if not self._target.sharded or not str(exc).startswith(("MOVED", "ASK")):
+                    raise
+                # The channel's slot moved. A command refused with MOVED did not run, so sending
+                # it again to the new owner cannot duplicate it.
+                self._link_of.pop(channel, None)
+                await self._locator.refresh()
+                return int(await (await self._link_for(channel)).call(command))
+        except (LinkDown, ReplyError) as exc:
             self.healthy = False
             raise BackplaneUnavailable(f"cannot publish to Redis: {exc}") from exc
-        return int(taken)
+
+    async def _link_for(self, channel: str) -> Link:
+        key = channel if self._target.sharded else ""
+        link = self._link_of.get(key)
+        if link is None or not link.is_open:
+            link = self._link_of[key] = await self._link_to(await self._locator.endpoint(channel))
+        return link
+
+    async def _link_to(self, endpoint: Endpoint) -> Link:
+        """The command link to *endpoint*, opened if it is not: the channels of one shard share
+        it, and callers that come while it opens wait for the same attempt."""
+        opened = self._opened.get(endpoint.address)
+        if opened is None or (opened.done() and not _usable(opened)):
+            opened = asyncio.ensure_future(Link.open(endpoint, timeout=self._timeout))
+            self._opened[endpoint.address] = opened
+        return await asyncio.shield(opened)
 
     async def _announce(self) -> None:
         failures = 0
@@ -344,28 +390,19 @@ class Backplane:
         """One subscription, kept: resubscribed after an error or a slot move, forever."""
         failures = 0
         while True:
-            pubsub: Any = None
+            link: Link | None = None
             try:
-                with cancellation_kept():
-                    pubsub = await self._subscribe(channel)
+                link = await self._subscribe(channel)
                 subscribed.set()
                 if channel == self.broadcast_channel and self._on_routes is not None:
                     self._on_routes(None)  # announcements made while not subscribed are lost
                 failures = 0
-                while True:
-                    message = await pubsub.get_message(timeout=None)
-                    if message is None:
-                        continue
-                    kind = message["type"]
-                    if kind in (b"message", b"smessage", "message", "smessage"):
-                        await self._on_frame(message["data"])
-                    elif kind in (b"sunsubscribe", b"unsubscribe", "sunsubscribe", "unsubscribe"):
-                        # A cluster slot moved (Redis pushes this): subscribe at the new owner.
-                        log.info("backplane channel %s moved; resubscribing", channel)
-                        break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+                why = await asyncio.shield(link.closed)
+                if why != _MOVED:
+                    raise LinkDown(why)
+                # A cluster slot moved (Redis pushes this): subscribe at the new owner.
+                log.info("backplane channel %s moved; resubscribing", channel)
+            except Exception as exc:  # whatever it was, the listener must go on
                 pause = _RETRY_PAUSES[min(failures, len(_RETRY_PAUSES) - 1)]
                 failures += 1
                 log.warning(
@@ -374,44 +411,77 @@ class Backplane:
                 await asyncio.sleep(pause)
             finally:
                 subscribed.clear()
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
+                if link is not None:
+                    if self._subscriptions.get(channel) is link:
+                        del self._subscriptions[channel]
+                    link.close()
 
-    async def _subscribe(self, channel: str) -> Any:
-        if self._listening is not None:
-            pubsub = self._listening.pubsub()
-            await pubsub.subscribe(channel)
-            return pubsub
-        cluster = self._redis
-        assert isinstance(cluster, RedisCluster)
-        # The client itself first (a no-op once done): redis-py 8.1 routes a command through
-        # its command table, which only RedisCluster.initialize() loads, as soon as the nodes
-        # manager knows a node. Initializing the nodes manager alone (which the subscription
-        # did before any publish) left every SPUBLISH failing for good with
-        # "'AsyncCommandsParser' object has no attribute 'node'".
-        await cluster.initialize()
-        await cluster.nodes_manager.initialize()  # the slot map as it is now
-        owner = cluster.get_node_from_key(channel)
-        if owner is None:
-            raise BackplaneUnavailable(f"no cluster node owns the slot of {channel}")
-        auth = {k: v for k, v in self._target.options.items() if k in ("username", "password")}
-        connection = aioredis.Redis(
-            host=owner.host,
-            port=int(owner.port),
-            ssl=bool(self._target.options.get("ssl")),
-            socket_connect_timeout=self._probe_timeout,
-            # One immediate retry, as on the other topologies: redis-py's default (ten, with
-            # backoff up to 1 s each) keeps a listener reconnecting to a dead master for
-            # seconds before this loop can look for the slot's new owner.
-            retry=Retry(NoBackoff(), 1),
-            **auth,
-        )
-        pubsub = connection.pubsub()
-        await pubsub.ssubscribe(channel)
-        return pubsub
+    async def _subscribe(self, channel: str) -> Link:
+        if self._target.sharded:
+            await self._locator.refresh()  # the slot map as it is now
+        link = await Link.open(await self._locator.endpoint(channel), timeout=self._probe_timeout)
+        link.on_push = functools.partial(self._pushed, link)
+        try:
+            await link.call(pack(self._subscribe_verb, channel.encode()))
+        except BaseException:
+            link.close()
+            raise
+        self._subscriptions[channel] = link
+        if self._paused:
+            link.pause_reading()
+        return link
 
-    async def _on_frame(self, frame: bytes) -> None:
+    def _pushed(self, link: Link, push: Any) -> None:
+        """What a subscription's link hears (from the event loop's read callback)."""
+        if not isinstance(push, list) or len(push) != 3:
+            return
+        kind = push[0]
+        if kind in (b"message", b"smessage"):
+            self._received(push[2])
+        elif kind in (b"sunsubscribe", b"unsubscribe"):
+            link.close(_MOVED)
+
+    def _received(self, frame: bytes) -> None:
+        if self._drainer is not None:  # a broadcast is being fanned out: this waits its turn
+            self._backlog.append(frame)
+            if len(self._backlog) >= _BACKLOG_HIGH and not self._paused:
+                self._paused = True
+                for link in self._subscriptions.values():
+                    link.pause_reading()
+            return
+        work = self._handled(frame)
+        if work is not None:
+            self._drainer = asyncio.create_task(self._drain(work), name="wshub:backplane:drain")
+
+    async def _drain(self, work: Awaitable[None] | None) -> None:
+        """Fan out a broadcast, then what came behind it, in order, until nothing waits."""
+        try:
+            while work is not None:
+                try:
+                    await work
+                except Exception:
+                    log.exception("backplane broadcast not fanned out")
+                work = None
+                while work is None and self._backlog:
+                    work = self._handled(self._backlog.popleft())
+                    if self._paused and len(self._backlog) <= _BACKLOG_LOW:
+                        # (What the links had read meanwhile joins the backlog at once.)
+                        self._paused = False
+                        for link in list(self._subscriptions.values()):
+                            link.resume_reading()
+        finally:
+            self._drainer = None
+
+    def _handled(self, frame: bytes) -> Awaitable[None] | None:
+        """Handle *frame*; what remains to be awaited (a broadcast's fan-out), if anything. A
+        frame that cannot be read is logged and dropped: it must not end the subscription."""
+        try:
+            return self._on_frame(frame)
+        except Exception:
+            log.exception("backplane frame not understood: %r", frame[:80])
+            return None
+
+    def _on_frame(self, frame: bytes) -> Awaitable[None] | None:
         kind, rest = frame[:1], frame[1:]
         counted = self._frames.get(kind)
         if counted is not None:
@@ -424,7 +494,7 @@ class Backplane:
         elif kind == b"B":
             if origin != self._origin:  # the origin served its own clients already
                 event, _, packet = rest.partition(b"\n")
-                await self._inbox.broadcast_in(event.decode(), packet.decode())
+                return self._inbox.broadcast_in(event.decode(), packet.decode())
         elif kind == b"P":
             heard = self._heard.get(rest) if origin == self._origin else None
             if heard is not None:
@@ -441,6 +511,7 @@ class Backplane:
             self._spawn(self._inbox.control(orjson.loads(rest)))
         elif kind == b"R" and origin != self._origin and self._on_routes is not None:
             self._on_routes(orjson.loads(rest))
+        return None
 
     async def _answer(self, origin: str, rid: bytes, body: dict[str, Any]) -> None:
         answer = await self._inbox.request(body)
@@ -473,3 +544,8 @@ class Backplane:
         async with asyncio.timeout(self._probe_timeout):
             for event in self._subscribed.values():
                 await event.wait()
+
+
+def _usable(opened: asyncio.Task[Link]) -> bool:
+    """Whether a finished attempt to open a link gave one that is still open."""
+    return not opened.cancelled() and opened.exception() is None and opened.result().is_open

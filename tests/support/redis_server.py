@@ -15,6 +15,8 @@ from tests.support.process import free_port
 class RedisServer:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()
+    """More ``redis-server`` options (``("--requirepass", "pw")``)."""
 
     @property
     def url(self) -> str:
@@ -36,6 +38,7 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
         )
@@ -44,7 +47,8 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    # (A server that wants a password answers NOAUTH: it is up all the same.)
+                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return self
             except OSError:
                 time.sleep(0.05)

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import re
+import ssl
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.sentinel import SentinelConnectionPool, SentinelManagedSSLConnection
 
-from gateway.store.redis_topology import QueuedRedisCluster, RedisTarget, connect, parse
+from gateway.store.redis_topology import (
+    Locator,
+    QueuedRedisCluster,
+    RedisTarget,
+    connect,
+    parse,
+)
+from gateway.store.resp_link import Endpoint, LinkDown
 
 
 def test_one_redis_keeps_its_url() -> None:
@@ -76,4 +84,46 @@ async def test_each_topology_gets_its_client() -> None:
     assert isinstance(cluster, QueuedRedisCluster)
     assert cluster.nodes_manager.connection_kwargs["connection_class"] is SSLConnection
     for client in (single, sentinel, cluster):
+        await client.aclose()
+
+
+# -- where the backplane's own links connect ------------------------------------------------
+
+
+async def test_the_locator_reads_address_credentials_and_tls_from_the_url() -> None:
+    async def endpoint(url: str) -> Endpoint:
+        client = connect(parse(url), timeout=1, pool_size=1, decode_responses=False)
+        try:
+            return await Locator(client).endpoint("any-channel")
+        finally:
+            await client.aclose()
+
+    plain = await endpoint("redis://alice:s%40cret@10.0.0.1:6380/3")
+    assert (plain.host, plain.port, plain.path, plain.username, plain.password, plain.tls) == (
+        "10.0.0.1",
+        6380,
+        None,
+        "alice",
+        "s@cret",
+        None,
+    )
+    assert (await endpoint("unix:///run/redis.sock?db=1")).path == "/run/redis.sock"
+    checked = await endpoint("rediss://:pw@redis.example:6390/0")
+    assert checked.tls is not None and checked.password == "pw"
+    assert (checked.tls.verify_mode, checked.tls.check_hostname) == (ssl.CERT_REQUIRED, True)
+    unchecked = await endpoint("rediss://redis.example:6390/0?ssl_cert_reqs=none")
+    assert unchecked.tls is not None and unchecked.tls.verify_mode == ssl.CERT_NONE
+
+
+async def test_the_locator_says_clearly_when_no_sentinel_answers() -> None:
+    client = connect(
+        parse("redis+sentinel://127.0.0.1:1/0/wshub"),
+        timeout=0.5,
+        pool_size=1,
+        decode_responses=False,
+    )
+    try:
+        with pytest.raises(LinkDown, match="cannot find the Redis for ch: "):
+            await Locator(client).endpoint("ch")
+    finally:
         await client.aclose()
