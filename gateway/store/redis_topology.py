@@ -168,7 +168,12 @@ class Locator:
     """Where a lean link (:mod:`gateway.store.resp_link`) for a pub/sub channel connects: the one
     Redis, the primary that Sentinel names now, or the cluster shard that owns the channel's
     slot. Addresses, credentials and TLS settings are the ones *client* (made by
-    :func:`connect`) uses, read from its public connection settings."""
+    :func:`connect`) uses, read from its connection settings: ``connection_kwargs`` and
+    ``connection_class`` of its pool or cluster node, ``SSLConnection.ssl_context``,
+    ``SentinelConnectionPool.get_master_address`` and the cluster's ``nodes_manager``. None is
+    underscored, but not all are in redis-py's documentation: redis is pinned
+    (requirements/constraints.txt), and tests/unit/store/test_redis_topology.py and the Sentinel
+    and Cluster tests of tests/e2e/test_routing.py fail if they change."""
 
     def __init__(self, client: AnyRedis) -> None:
         self._client = client
