@@ -17,6 +17,7 @@ URL                                                       topology
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
@@ -178,6 +179,8 @@ class Locator:
     def __init__(self, client: AnyRedis) -> None:
         self._client = client
         self._refreshing: asyncio.Task[None] | None = None
+        # By address: a TLS context (its CA files read) is made once per server, not per look-up.
+        self._endpoints: dict[tuple[str, int | str], Endpoint] = {}
 
     async def endpoint(self, channel: str) -> Endpoint:
         """Raises :class:`LinkDown` when the topology cannot say (no Sentinel answers, no shard
@@ -195,12 +198,19 @@ class Locator:
         if not isinstance(self._client, RedisCluster):
             return
         if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.ensure_future(self._client.nodes_manager.initialize())
+            self._refreshing = asyncio.create_task(self._client.nodes_manager.initialize())
         try:
             with cancellation_kept():
                 await asyncio.shield(self._refreshing)
         except Exception as exc:
             raise LinkDown(f"cannot reload the cluster's slot map: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Stop a slot-map reload still under way."""
+        if self._refreshing is not None and not self._refreshing.done():
+            self._refreshing.cancel()
+            with contextlib.suppress(BaseException):
+                await self._refreshing
 
     async def _endpoint(self, channel: str) -> Endpoint:
         client = self._client
@@ -212,12 +222,22 @@ class Locator:
             if node is None:
                 raise LinkDown(f"no cluster node owns the slot of {channel}")
             settings = {**node.connection_kwargs, "host": node.host, "port": node.port}
-            return _endpoint(node.connection_class, settings)
+            return self._made(node.connection_class, settings)
         pool = client.connection_pool
         settings = dict(pool.connection_kwargs)
         if isinstance(pool, SentinelConnectionPool):
             settings["host"], settings["port"] = await pool.get_master_address()  # type: ignore[no-untyped-call]
-        return _endpoint(pool.connection_class, settings)
+        return self._made(pool.connection_class, settings)
+
+    def _made(self, connection_class: type, settings: dict[str, Any]) -> Endpoint:
+        address = (
+            settings.get("host", "localhost"),
+            settings.get("path") or settings.get("port", 6379),
+        )
+        endpoint = self._endpoints.get(address)
+        if endpoint is None:
+            endpoint = self._endpoints[address] = _endpoint(connection_class, settings)
+        return endpoint
 
 
 def _endpoint(connection_class: type, settings: dict[str, Any]) -> Endpoint:
@@ -233,6 +253,7 @@ def _endpoint(connection_class: type, settings: dict[str, Any]) -> Endpoint:
         username=settings.get("username"),
         password=settings.get("password"),
         tls=tls,
+        client_name=settings.get("client_name"),
     )
 
 

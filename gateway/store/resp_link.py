@@ -29,10 +29,11 @@ read and dropped, so the next caller still gets its own.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import hiredis
@@ -53,12 +54,27 @@ class Endpoint:
     path: str | None = None
     """A Unix socket, instead of host and port."""
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     tls: ssl.SSLContext | None = None
+    client_name: str | None = None
+    """Sent with ``CLIENT SETNAME`` (``?client_name=`` in the URL), for ``CLIENT LIST``."""
 
     @property
     def address(self) -> str:
         return self.path or f"{self.host}:{self.port}"
+
+
+# TCP keepalive, as redis-py sets it by default: an idle link (a shard this node rarely
+# publishes to) behind a NAT or a load balancer that forgets quiet connections is found dead
+# by the kernel, not by the next publish's timeout.
+_KEEPALIVE = [
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    *(
+        (socket.IPPROTO_TCP, getattr(socket, name), value)
+        for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+        if hasattr(socket, name)
+    ),
+]
 
 
 def pack(*args: bytes) -> bytes:
@@ -108,17 +124,34 @@ class Link(asyncio.Protocol):
             raise LinkDown(
                 f"cannot connect to Redis at {endpoint.address}: {exc or 'timed out'}"
             ) from exc
+        try:
+            await link._introduce()
+        except BaseException:  # refused, or cancelled meanwhile: the connection goes too
+            link.close()
+            raise
+        return link
+
+    async def _introduce(self) -> None:
+        endpoint = self.endpoint
         if endpoint.password is not None:
-            credentials = [endpoint.password.encode()]
-            if endpoint.username is not None:
-                credentials.insert(0, endpoint.username.encode())
+            password = endpoint.password.encode()
             try:
-                await link.call(pack(b"AUTH", *credentials))
+                if endpoint.username is None:
+                    await self.call(pack(b"AUTH", password))
+                else:
+                    try:
+                        await self.call(pack(b"AUTH", endpoint.username.encode(), password))
+                    except ReplyError as exc:
+                        if "wrong number of arguments" not in str(exc):
+                            raise
+                        # A Redis before 6 (no ACL users) takes the password alone, as redis-py
+                        # falls back to.
+                        await self.call(pack(b"AUTH", password))
             except ReplyError as exc:
-                link.close()
                 why = f"Redis at {endpoint.address} refused to authenticate: {exc}"
                 raise LinkDown(why) from exc
-        return link
+        if endpoint.client_name is not None:
+            await self.call(pack(b"CLIENT", b"SETNAME", endpoint.client_name.encode()))
 
     @property
     def is_open(self) -> bool:
@@ -163,6 +196,10 @@ class Link(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports are not asyncio.Transport subclasses, but are transports.)
         self._transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            for level, option, value in _KEEPALIVE:
+                sock.setsockopt(level, option, value)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)

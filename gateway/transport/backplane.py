@@ -41,11 +41,13 @@ Publishes and subscriptions go over lean links of our own (``gateway.store.resp_
 pipelined connection per Redis or shard for every publish, one per subscription, replies parsed
 by hiredis, a subscription's messages handled in the event loop's read callback), not through
 redis-py's client, which cost more per publish than the rest of a cross-node DM's way through
-the sending node; redis-py only says where to connect (``redis_topology.Locator``). A
-subscription's deliveries are handed over as they are read; a broadcast, whose fan-out takes
-its time, holds what arrives after it in a backlog, so that frames are handled in the order they
-came, and past ``_BACKLOG_HIGH`` waiting frames the subscriptions stop reading (Redis buffers,
-then applies its own limit for slow subscribers) until it is down to ``_BACKLOG_LOW``.
+the sending node; redis-py only says where to connect (``redis_topology.Locator``). Each
+subscription hands its frames over as they are read, in order (:class:`_Inflow`): a broadcast,
+whose fan-out takes its time, holds what arrives after it *on the same channel* in a backlog
+(the node's own channel never waits for the broadcast channel), and past ``_BACKLOG_HIGH``
+waiting frames that subscription stops reading (Redis buffers, then applies its own limit for
+slow subscribers) until it is down to ``_BACKLOG_LOW``. A subscription that is paused so is
+behind, not deaf: the probe does not restart it (that would lose what Redis holds for it).
 
 ``wshub_backplane_frames_received{kind}`` counts the frames this node decoded: with targeted
 routing a node sees the deliveries, requests and control messages addressed to it, every
@@ -65,6 +67,7 @@ from typing import Any, Protocol
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter
+from redis.crc import key_slot
 
 from ..store.base import StoreUnavailable
 from ..store.redis_topology import Locator, RedisTarget, connect
@@ -135,19 +138,19 @@ class Backplane:
         self._publish_verb, self._subscribe_verb = (
             (b"SPUBLISH", b"SSUBSCRIBE") if target.sharded else (b"PUBLISH", b"SUBSCRIBE")
         )
-        # Command links: opened (or opening) per address, and which one each channel uses (one
-        # for every channel, except on a cluster).
+        # Command links: opened (or opening) per address, and which one each slot's channels use
+        # (slot 0 for every channel, except on a cluster).
         self._opened: dict[str, asyncio.Task[Link]] = {}
-        self._link_of: dict[str, Link] = {}
-        # Each subscription's link; it waits for messages as long as it takes (an idle channel
-        # is not an error): a dead one is found by the probe, which puts traffic on both
-        # channels every interval.
-        self._subscriptions: dict[str, Link] = {}
-        self._backlog: deque[bytes] = deque()
-        self._drainer: asyncio.Task[None] | None = None
-        self._paused = False
+        self._link_of: dict[int, Link] = {}
         self.own_channel = self.channel_of(node_id)
         self.broadcast_channel = f"{prefix}ch:all"
+        # Each subscription's frames (and its link, which waits for messages as long as it
+        # takes: an idle channel is not an error; a dead one is found by the probe, which puts
+        # traffic on both channels every interval).
+        self._inflows = {
+            channel: _Inflow(channel, self._handled)
+            for channel in (self.own_channel, self.broadcast_channel)
+        }
         self.healthy = False
         self.frames_received = Counter(
             "wshub_backplane_frames_received",
@@ -202,9 +205,9 @@ class Backplane:
                 await asyncio.wait_for(asyncio.shield(self._announcer), self._probe_timeout)
         self._stopped = True
         tasks = [*self._listeners.values(), *self._work, *self._opened.values()]
-        for task in (self._announcer, self._drainer):
-            if task is not None:
-                tasks.append(task)
+        tasks += [inflow.drainer for inflow in self._inflows.values() if inflow.drainer]
+        if self._announcer is not None:
+            tasks.append(self._announcer)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -214,6 +217,7 @@ class Backplane:
                 opened.result().close()
         self._opened.clear()
         self._link_of.clear()
+        await self._locator.aclose()
         await self._client.aclose()
 
     # -- sending
@@ -312,7 +316,13 @@ class Backplane:
         finally:
             for nonce in nonces.values():
                 self._heard.pop(nonce, None)
-        deaf = [channel for channel, event in heard.items() if not event.is_set()]
+        behind = [c for c, event in heard.items() if not event.is_set() and self._inflows[c].paused]
+        if behind:
+            log.warning(
+                "backplane probe not heard on %s: too far behind to read it (not restarted)",
+                ", ".join(behind),
+            )
+        deaf = [c for c, event in heard.items() if not event.is_set() and c not in behind]
         if deaf:
             log.warning(
                 "backplane probe failed (%s); resubscribing to %s",
@@ -329,25 +339,44 @@ class Backplane:
     async def _publish(self, channel: str, frame: bytes) -> int:
         command = pack(self._publish_verb, channel.encode(), frame)
         try:
+            link = await self._link_for(channel)
             try:
-                return int(await (await self._link_for(channel)).call(command))
+                return int(await link.call(command))
             except ReplyError as exc:
-                if not self._target.sharded or not str(exc).startswith(("MOVED", "ASK")):
+                if not self._target.sharded or not str(exc).startswith("MOVED"):
                     raise
                 # The channel's slot moved. A command refused with MOVED did not run, so sending
                 # it again to the new owner cannot duplicate it.
-                self._link_of.pop(channel, None)
                 await self._locator.refresh()
+                self._link_of.pop(key_slot(channel.encode()), None)
                 return int(await (await self._link_for(channel)).call(command))
-        except (LinkDown, ReplyError) as exc:
+        except Exception as exc:  # whatever it was, the message is not known to have gone
             self.healthy = False
             raise BackplaneUnavailable(f"cannot publish to Redis: {exc}") from exc
 
     async def _link_for(self, channel: str) -> Link:
-        key = channel if self._target.sharded else ""
-        link = self._link_of.get(key)
-        if link is None or not link.is_open:
-            link = self._link_of[key] = await self._link_to(await self._locator.endpoint(channel))
+        """The command link for *channel*'s Redis, (re)opened if it is not open. On a cluster a
+        shard that went away may have failed over to a replica at another address, which
+        nothing else would tell (no ``MOVED`` comes from a server that is gone): the slot map
+        is reloaded before the channel's shard is looked up again, and once more if it cannot
+        be reached (nothing was sent yet, so trying the new owner cannot duplicate anything)."""
+        if self._stopped:
+            raise LinkDown("the backplane is stopped")
+        sharded = self._target.sharded
+        slot = key_slot(channel.encode()) if sharded else 0
+        link = self._link_of.get(slot)
+        if link is not None and link.is_open:
+            return link
+        if link is not None and sharded:
+            await self._locator.refresh()
+        try:
+            link = await self._link_to(await self._locator.endpoint(channel))
+        except LinkDown:
+            if not sharded:
+                raise
+            await self._locator.refresh()
+            link = await self._link_to(await self._locator.endpoint(channel))
+        self._link_of[slot] = link
         return link
 
     async def _link_to(self, endpoint: Endpoint) -> Link:
@@ -389,10 +418,12 @@ class Backplane:
     async def _listen(self, channel: str, subscribed: asyncio.Event) -> None:
         """One subscription, kept: resubscribed after an error or a slot move, forever."""
         failures = 0
+        inflow = self._inflows[channel]
         while True:
             link: Link | None = None
             try:
                 link = await self._subscribe(channel)
+                inflow.attach(link)
                 subscribed.set()
                 if channel == self.broadcast_channel and self._on_routes is not None:
                     self._on_routes(None)  # announcements made while not subscribed are lost
@@ -412,65 +443,30 @@ class Backplane:
             finally:
                 subscribed.clear()
                 if link is not None:
-                    if self._subscriptions.get(channel) is link:
-                        del self._subscriptions[channel]
+                    inflow.detach(link)
                     link.close()
 
     async def _subscribe(self, channel: str) -> Link:
         if self._target.sharded:
             await self._locator.refresh()  # the slot map as it is now
         link = await Link.open(await self._locator.endpoint(channel), timeout=self._probe_timeout)
-        link.on_push = functools.partial(self._pushed, link)
+        link.on_push = functools.partial(self._pushed, link, self._inflows[channel])
         try:
             await link.call(pack(self._subscribe_verb, channel.encode()))
         except BaseException:
             link.close()
             raise
-        self._subscriptions[channel] = link
-        if self._paused:
-            link.pause_reading()
         return link
 
-    def _pushed(self, link: Link, push: Any) -> None:
+    def _pushed(self, link: Link, inflow: _Inflow, push: Any) -> None:
         """What a subscription's link hears (from the event loop's read callback)."""
         if not isinstance(push, list) or len(push) != 3:
             return
         kind = push[0]
         if kind in (b"message", b"smessage"):
-            self._received(push[2])
+            inflow.received(push[2])
         elif kind in (b"sunsubscribe", b"unsubscribe"):
             link.close(_MOVED)
-
-    def _received(self, frame: bytes) -> None:
-        if self._drainer is not None:  # a broadcast is being fanned out: this waits its turn
-            self._backlog.append(frame)
-            if len(self._backlog) >= _BACKLOG_HIGH and not self._paused:
-                self._paused = True
-                for link in self._subscriptions.values():
-                    link.pause_reading()
-            return
-        work = self._handled(frame)
-        if work is not None:
-            self._drainer = asyncio.create_task(self._drain(work), name="wshub:backplane:drain")
-
-    async def _drain(self, work: Awaitable[None] | None) -> None:
-        """Fan out a broadcast, then what came behind it, in order, until nothing waits."""
-        try:
-            while work is not None:
-                try:
-                    await work
-                except Exception:
-                    log.exception("backplane broadcast not fanned out")
-                work = None
-                while work is None and self._backlog:
-                    work = self._handled(self._backlog.popleft())
-                    if self._paused and len(self._backlog) <= _BACKLOG_LOW:
-                        # (What the links had read meanwhile joins the backlog at once.)
-                        self._paused = False
-                        for link in list(self._subscriptions.values()):
-                            link.resume_reading()
-        finally:
-            self._drainer = None
 
     def _handled(self, frame: bytes) -> Awaitable[None] | None:
         """Handle *frame*; what remains to be awaited (a broadcast's fan-out), if anything. A
@@ -549,3 +545,62 @@ class Backplane:
 def _usable(opened: asyncio.Task[Link]) -> bool:
     """Whether a finished attempt to open a link gave one that is still open."""
     return not opened.cancelled() and opened.exception() is None and opened.result().is_open
+
+
+class _Inflow:
+    """One subscription's frames, handled in the order they arrived: at once, except behind a
+    broadcast still being fanned out, where they wait in a backlog. Past ``_BACKLOG_HIGH``
+    waiting frames the subscription's link stops reading until the backlog is down to
+    ``_BACKLOG_LOW``. Probe nonces are heard at once, backlog or not (their order means
+    nothing), so a subscription that is busy is not taken for a deaf one."""
+
+    def __init__(self, channel: str, handle: Callable[[bytes], Awaitable[None] | None]) -> None:
+        self.channel = channel
+        self._handle = handle
+        self._link: Link | None = None
+        self.backlog: deque[bytes] = deque()
+        self.drainer: asyncio.Task[None] | None = None
+        self.paused = False
+
+    def attach(self, link: Link) -> None:
+        self._link = link
+        if self.paused:
+            link.pause_reading()
+
+    def detach(self, link: Link) -> None:
+        if self._link is link:
+            self._link = None
+
+    def received(self, frame: bytes) -> None:
+        if self.drainer is None or frame[:1] == b"P":
+            work = self._handle(frame)
+            if work is not None:
+                self.drainer = asyncio.create_task(
+                    self._drain(work), name=f"wshub:backplane:drain:{self.channel}"
+                )
+            return
+        self.backlog.append(frame)  # a broadcast is being fanned out: this waits its turn
+        if len(self.backlog) >= _BACKLOG_HIGH and not self.paused:
+            self.paused = True
+            if self._link is not None:
+                self._link.pause_reading()
+
+    async def _drain(self, work: Awaitable[None] | None) -> None:
+        """Fan out a broadcast, then what came behind it, in order, until nothing waits."""
+        try:
+            while work is not None:
+                try:
+                    await work
+                except Exception:
+                    log.exception("backplane broadcast not fanned out")
+                work = None
+                while work is None and self.backlog:
+                    work = self._handle(self.backlog.popleft())
+                    if self.paused and len(self.backlog) <= _BACKLOG_LOW:
+                        # What the link read meanwhile joins the backlog from this call (and
+                        # may pause it again).
+                        self.paused = False
+                        if self._link is not None:
+                            self._link.resume_reading()
+        finally:
+            self.drainer = None

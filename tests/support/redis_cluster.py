@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +150,32 @@ class RedisClusterServer:
         _wait_for_ping(node.port)
         self.wait_healthy()
 
+    def fail_over(self, master: ClusterNode) -> ClusterNode:
+        """*master* dies and a replica takes its slots at another address, as a production
+        shard with a replica fails over: a replica is started and synced first, then *master*
+        is killed and the replica promoted (``CLUSTER FAILOVER TAKEOVER``). The replica takes
+        the master's place in :attr:`nodes`; returned."""
+        replica = ClusterNode(free_port(), free_port())
+        self._spawn(replica)
+        _wait_for_ping(replica.port)
+        with master.client() as old, replica.client() as new:
+            new.execute_command("CLUSTER", "MEET", "127.0.0.1", master.port, master.bus_port)
+            master_id = _node_id(old)
+            _until(lambda: _replicates(new, master_id), "the replica to join")
+            _until(
+                lambda: new.info("replication").get("master_link_status") == "up",
+                "the replica to sync",
+            )
+            # Every master must know the replica before its master goes, or none would accept
+            # its claim to the slots.
+            replica_id = _node_id(new)
+            _until(lambda: all(replica_id in _nodes_seen(node) for node in self.nodes), "gossip")
+            self.kill(master)
+            new.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+        self.nodes[self.nodes.index(master)] = replica
+        self.wait_healthy()
+        return replica
+
     def restart_all(self) -> None:
         """Every master killed and started again: the whole cluster comes back empty."""
         for node in self.nodes:
@@ -197,6 +224,9 @@ class RedisClusterServer:
                 "1000",
                 "--cluster-require-full-coverage",
                 "no",
+                # A replica (fail_over) syncs at once, not after the default 5 s wait.
+                "--repl-diskless-sync-delay",
+                "0",
                 "--save",
                 "",
                 "--appendonly",
@@ -263,6 +293,28 @@ def slot_of(key: str) -> int:
 
 def _node_id(client: redis.Redis) -> str:
     return str(client.execute_command("CLUSTER", "MYID"))
+
+
+def _nodes_seen(node: ClusterNode) -> str:
+    with node.client() as client:
+        return str(client.execute_command("CLUSTER", "NODES"))
+
+
+def _replicates(client: redis.Redis, master_id: str) -> bool:
+    """Ask *client*'s node to replicate *master_id*; False while it does not know it yet."""
+    try:
+        client.execute_command("CLUSTER", "REPLICATE", master_id)
+    except redis.ResponseError:
+        return False
+    return True
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Redis Cluster: waited {timeout} s for {what}")
+        time.sleep(0.05)
 
 
 def _slot_count(ranges: list[str]) -> int:

@@ -108,6 +108,7 @@ async def test_the_locator_reads_address_credentials_and_tls_from_the_url() -> N
         None,
     )
     assert (await endpoint("unix:///run/redis.sock?db=1")).path == "/run/redis.sock"
+    assert (await endpoint("redis://h:6379/0?client_name=wshub-7")).client_name == "wshub-7"
     checked = await endpoint("rediss://:pw@redis.example:6390/0")
     assert checked.tls is not None and checked.password == "pw"
     assert (checked.tls.verify_mode, checked.tls.check_hostname) == (ssl.CERT_REQUIRED, True)

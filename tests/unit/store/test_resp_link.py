@@ -9,6 +9,7 @@ another loopback address where the point is a Redis that misbehaves.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from uuid import uuid4
@@ -200,3 +201,60 @@ async def test_a_subscription_hands_its_messages_to_on_push(link: Link) -> None:
 
     await wait_until(all_in, timeout=2, step=0.01)
     assert pushed == [[b"message", channel, b"m%d" % n] for n in range(3)]
+
+
+async def test_an_open_cancelled_while_authenticating_closes_its_connection() -> None:
+    asked, ended = asyncio.Event(), asyncio.Event()
+
+    async def slow_auth(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(4096)  # AUTH
+        asked.set()
+        await asyncio.sleep(0.3)
+        writer.write(b"+OK\r\n")
+        await writer.drain()
+        await reader.read()  # until the link hangs up
+        ended.set()
+
+    async with scripted(slow_auth) as endpoint:
+        opening = asyncio.create_task(
+            Link.open(Endpoint(endpoint.host, endpoint.port, password="pw"), timeout=5)
+        )
+        await asyncio.wait_for(asked.wait(), 2)
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        await asyncio.wait_for(ended.wait(), 2)  # not left open, authenticated, unreferenced
+
+
+async def test_a_redis_before_6_gets_the_password_alone() -> None:
+    heard: list[bytes] = []
+
+    async def old_redis(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heard.append(await reader.read(4096))
+        writer.write(b"-ERR wrong number of arguments for 'auth' command\r\n")
+        heard.append(await reader.read(4096))
+        writer.write(b"+OK\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with scripted(old_redis) as endpoint:
+        named = Endpoint(endpoint.host, endpoint.port, username="default", password="pw")
+        link = await Link.open(named, timeout=5)
+        link.close()
+    assert heard == [pack(b"AUTH", b"default", b"pw"), pack(b"AUTH", b"pw")]
+
+
+async def test_the_client_name_is_set_and_tcp_keepalive_is_on() -> None:
+    link = await Link.open(Endpoint("127.0.0.1", 6379, client_name="wshub-test-link"), timeout=5)
+    try:
+        assert await link.call(pack(b"CLIENT", b"GETNAME")) == b"wshub-test-link"
+        assert link._transport is not None
+        sock = link._transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+    finally:
+        link.close()
+
+
+def test_the_password_stays_out_of_reprs() -> None:
+    assert "s3cret" not in repr(Endpoint("h", 1, username="u", password="s3cret"))

@@ -1,7 +1,8 @@
 """What a node's backplane hands its inbox, against the real Redis on 127.0.0.1:6379 with a
-recording inbox (no gateway): frames in the order they were published, a broadcast's slow
-fan-out holding back what came after it (and nothing lost when the backlog pauses the
-subscriptions), a frame that cannot be read dropped without deafening the node."""
+recording inbox (no gateway): each channel's frames in the order they were published, a
+broadcast's slow fan-out holding back what came after it on its channel and nothing else,
+nothing lost when a backlog pauses a subscription, a frame that cannot be read dropped without
+deafening the node."""
 
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ class Recorder:
     async def control(self, body: dict[str, Any]) -> None:
         self.seen.append(("control", str(body)))
 
+    def routes(self, names: list[str] | None) -> None:
+        if names is not None:  # (None: every (re)subscription of the broadcast channel)
+            self.seen.append(("routes", str(names)))
+
 
 @pytest.fixture
 async def node() -> AsyncIterator[tuple[Backplane, Recorder]]:
@@ -50,6 +55,7 @@ async def node() -> AsyncIterator[tuple[Backplane, Recorder]]:
         node_id="n1",
         prefix=f"wshub-test:{uuid4().hex}:",
         probe_timeout=2,
+        on_routes=inbox.routes,
     )
     await made.start()
     yield made, inbox
@@ -77,41 +83,59 @@ def deliveries(*texts: str) -> list[bytes]:
     return [b"Dn0\nsystem:direct\nsid1\n" + text.encode() for text in texts]
 
 
-async def test_deliveries_behind_a_slow_broadcast_wait_their_turn(
+def broadcasts(*texts: str) -> list[bytes]:
+    return [b"Bn0\nsystem:general\n" + text.encode() for text in texts]
+
+
+async def test_a_slow_broadcast_holds_back_its_own_channel_only(
     node: tuple[Backplane, Recorder],
 ) -> None:
     backplane, inbox = node
     inbox.release.clear()
-    await publish(backplane.broadcast_channel, b"Bn0\nsystem:general\nb1")
-    await publish(backplane.own_channel, *deliveries("d1", "d2"))
+    await publish(backplane.broadcast_channel, *broadcasts("b1"))
+    await publish(backplane.broadcast_channel, b'Rn0\n["bob"]', *broadcasts("b2"))
+    await publish(backplane.own_channel, *deliveries("d1"))
+    await until(inbox, 1)
     await asyncio.sleep(0.1)
-    assert inbox.seen == []  # d1 and d2 came after b1: not handed over before it
+    # d1 came on the node's own channel: not held up by b1's fan-out. The route announcement
+    # and b2 came after b1 on its channel: they wait for it.
+    assert inbox.seen == [("deliver", "d1")]
     inbox.release.set()
-    await until(inbox, 3)
-    assert inbox.seen == [("broadcast", "b1"), ("deliver", "d1"), ("deliver", "d2")]
-    await publish(backplane.own_channel, *deliveries("d3"))  # no backlog now: straight through
     await until(inbox, 4)
-    assert inbox.seen[-1] == ("deliver", "d3")
+    assert inbox.seen == [
+        ("deliver", "d1"),
+        ("broadcast", "b1"),
+        ("routes", "['bob']"),
+        ("broadcast", "b2"),
+    ]
+    await publish(backplane.broadcast_channel, *broadcasts("b3"))  # no backlog now
+    await until(inbox, 5)
+    assert inbox.seen[-1] == ("broadcast", "b3")
 
 
-async def test_a_full_backlog_pauses_the_subscriptions_and_loses_nothing(
+async def test_a_full_backlog_pauses_its_subscription_the_probe_leaves_it_and_nothing_is_lost(
     node: tuple[Backplane, Recorder], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backplane, inbox = node
     monkeypatch.setattr(backplane_module, "_BACKLOG_HIGH", 20)
     monkeypatch.setattr(backplane_module, "_BACKLOG_LOW", 5)
+    inflow = backplane._inflows[backplane.broadcast_channel]
+    listener = backplane._listeners[backplane.broadcast_channel]
     inbox.release.clear()
-    texts = [f"d{n}" for n in range(200)]
-    await publish(backplane.broadcast_channel, b"Bn0\nsystem:general\nb1")
-    await publish(backplane.own_channel, *deliveries(*texts))
+    texts = [f"b{n}" for n in range(200)]
+    await publish(backplane.broadcast_channel, *broadcasts(*texts))
     await asyncio.sleep(0.2)
-    # Reading stopped at the high mark (Redis keeps the rest), and nothing was handed over.
-    assert len(backplane._backlog) == 20 and backplane._paused
+    # Reading stopped at the high mark (Redis keeps the rest), and only b0 was taken.
+    assert len(inflow.backlog) == 20 and inflow.paused
     assert inbox.seen == []
+    # Behind, not deaf: the probe neither fails the node nor restarts the subscription (which
+    # would lose what Redis holds for it).
+    assert await backplane.probe()
+    assert backplane._listeners[backplane.broadcast_channel] is listener
     inbox.release.set()
-    await until(inbox, 201)
-    assert inbox.seen == [("broadcast", "b1"), *(("deliver", text) for text in texts)]
-    assert not backplane._paused and not backplane._backlog
+    await until(inbox, 200)
+    assert inbox.seen == [("broadcast", text) for text in texts]
+    assert not inflow.paused and not inflow.backlog
 
 
 async def test_a_frame_that_cannot_be_read_is_dropped_and_the_node_still_hears(
