@@ -156,22 +156,28 @@ class RedisClusterServer:
         is killed and the replica promoted (``CLUSTER FAILOVER TAKEOVER``). The replica takes
         the master's place in :attr:`nodes`; returned."""
         replica = ClusterNode(free_port(), free_port())
-        self._spawn(replica)
-        _wait_for_ping(replica.port)
-        with master.client() as old, replica.client() as new:
-            new.execute_command("CLUSTER", "MEET", "127.0.0.1", master.port, master.bus_port)
-            master_id = _node_id(old)
-            _until(lambda: _replicates(new, master_id), "the replica to join")
-            _until(
-                lambda: new.info("replication").get("master_link_status") == "up",
-                "the replica to sync",
-            )
-            # Every master must know the replica before its master goes, or none would accept
-            # its claim to the slots.
-            replica_id = _node_id(new)
-            _until(lambda: all(replica_id in _nodes_seen(node) for node in self.nodes), "gossip")
-            self.kill(master)
-            new.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+        try:
+            self._spawn(replica)
+            _wait_for_ping(replica.port)
+            with master.client() as old, replica.client() as new:
+                new.execute_command("CLUSTER", "MEET", "127.0.0.1", master.port, master.bus_port)
+                master_id = _node_id(old)
+                _until(lambda: _replicates(new, master_id), "the replica to join")
+                _until(
+                    lambda: new.info("replication").get("master_link_status") == "up",
+                    "the replica to sync",
+                )
+                # Every master must know the replica before its master goes, or none would accept
+                # its claim to the slots.
+                replica_id = _node_id(new)
+                _until(
+                    lambda: all(replica_id in _nodes_seen(node) for node in self.nodes), "gossip"
+                )
+                self.kill(master)
+                new.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+        except BaseException:
+            _end(replica)  # not left running when the failover could not be staged
+            raise
         self.nodes[self.nodes.index(master)] = replica
         self.wait_healthy()
         return replica
