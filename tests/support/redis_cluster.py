@@ -155,6 +155,7 @@ class RedisClusterServer:
         shard with a replica fails over: a replica is started and synced first, then *master*
         is killed and the replica promoted (``CLUSTER FAILOVER TAKEOVER``). The replica takes
         the master's place in :attr:`nodes`; returned."""
+        slots = [start for start, _, owner, *_ in self._slots() if int(owner[1]) == master.port]
         replica = ClusterNode(free_port(), free_port())
         try:
             self._spawn(replica)
@@ -167,11 +168,12 @@ class RedisClusterServer:
                     lambda: new.info("replication").get("master_link_status") == "up",
                     "the replica to sync",
                 )
-                # Every master must know the replica before its master goes, or none would accept
-                # its claim to the slots.
+                # Every master must know the replica, and be connected to it, before its master
+                # goes, or the replica's claim to the slots would not reach them.
                 replica_id = _node_id(new)
                 _until(
-                    lambda: all(replica_id in _nodes_seen(node) for node in self.nodes), "gossip"
+                    lambda: all(_sees_replica(node, replica_id) for node in self.nodes),
+                    "every master to see the replica",
                 )
                 self.kill(master)
                 new.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
@@ -179,7 +181,10 @@ class RedisClusterServer:
             _end(replica)  # not left running when the failover could not be staged
             raise
         self.nodes[self.nodes.index(master)] = replica
-        self.wait_healthy()
+        # Every live node maps the dead master's slots to the replica. (Not wait_healthy(): on a
+        # loaded machine a node may keep the dead master's flags in its view for a while.)
+        for slot in slots:
+            self._wait_slot_agreed(slot, replica, timeout=15)
         return replica
 
     def restart_all(self) -> None:
@@ -301,9 +306,15 @@ def _node_id(client: redis.Redis) -> str:
     return str(client.execute_command("CLUSTER", "MYID"))
 
 
-def _nodes_seen(node: ClusterNode) -> str:
+def _sees_replica(node: ClusterNode, replica_id: str) -> bool:
+    """Whether *node* knows *replica_id* as a connected replica (not in a handshake)."""
     with node.client() as client:
-        return str(client.execute_command("CLUSTER", "NODES"))
+        view = str(client.execute_command("CLUSTER", "NODES"))
+    for line in view.splitlines():
+        fields = line.split()
+        if fields and fields[0] == replica_id:
+            return "slave" in fields[2] and fields[7] == "connected"
+    return False
 
 
 def _replicates(client: redis.Redis, master_id: str) -> bool:
