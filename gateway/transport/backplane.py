@@ -87,7 +87,8 @@ _KINDS = {
 }
 # Past this many names waiting to be announced, one "forget every route" is sent instead.
 _ANNOUNCED_NAMES_MAX = 1_000
-# Frames waiting behind a broadcast's fan-out: past HIGH the subscriptions pause, until LOW.
+# Frames waiting behind a broadcast's fan-out on one channel: past HIGH its subscription pauses,
+# until LOW.
 _BACKLOG_HIGH = 10_000
 _BACKLOG_LOW = 1_000
 # Why a subscription's link was closed when its channel's slot moved to another shard.
